@@ -1,0 +1,434 @@
+"""Typed, frozen configuration loaded from params.yaml, validated once.
+
+One name everywhere: a params.yaml key (`unet.model_channels`) is the field of the typed config
+(`cfg.unet.model_channels`), the constructor keyword (`UNet(model_channels=...)`) and the MLflow
+param name. Validation errors name the key path, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gdm.errors import ConfigError
+
+DEFAULT_PARAMS = "params.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+# ----------------------------------------------------------------------------------------- data
+class DataConfig(_Section):
+    source: Literal["digits", "imagefolder", "cifar10", "npz"] = "digits"
+    path: Optional[str] = None  # file/folder for imagefolder, cifar10, npz
+    name: Optional[str] = None  # output folder name under out_dir; defaults to `source`
+    out_dir: str = "data/prepared"
+    resolution: int = Field(8, ge=4, le=1024)
+    channels: Literal[1, 3] = 1
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    seed: int = 0
+    labels: Literal["auto", "subfolders", "filename", "none"] = "auto"  # imagefolder labelling
+    on_bad_image: Literal["error", "skip"] = "error"
+    shard_size: int = Field(4096, ge=1)  # rows per Parquet shard
+    random_flip: bool = False  # reader augmentation (ADM uses it on ImageNet; not for digits)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "DataConfig":
+        if self.source != "digits" and not self.path:
+            raise ValueError(f"data.path is required when data.source is '{self.source}'")
+        return self
+
+    @property
+    def dataset_name(self) -> str:
+        return self.name or self.source
+
+    @property
+    def prepared_dir(self) -> Path:
+        return Path(self.out_dir) / self.dataset_name
+
+
+# ----------------------------------------------------------------------------------------- nets
+def _check_mult(v: tuple[float, ...]) -> tuple[float, ...]:
+    if len(v) == 0 or any(m <= 0 for m in v):
+        raise ValueError("must be a non-empty list of positive numbers, e.g. [1, 2, 2]")
+    return v
+
+
+class UNetConfig(_Section):
+    """ADM UNet knobs. Defaults follow the released ImageNet models except the width/depth."""
+
+    model_channels: int = Field(32, ge=1)
+    channel_mult: tuple[float, ...] = (1, 2)
+    num_res_blocks: int = Field(1, ge=1)
+    attention_resolutions: tuple[int, ...] = (4,)
+    num_heads: int = Field(1, ge=1)
+    num_head_channels: int = -1
+    num_heads_upsample: int = -1
+    use_scale_shift_norm: bool = True
+    resblock_updown: bool = True
+    conv_resample: bool = True
+    rescale_residual: bool = False
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    learn_sigma: bool = True
+    num_classes: Optional[int] = Field(10, ge=2)
+    attention_order: Literal["legacy", "new"] = "legacy"
+    use_checkpoint: bool = False
+
+    _mult = field_validator("channel_mult")(classmethod(lambda cls, v: _check_mult(v)))
+
+    @field_validator("num_head_channels", "num_heads_upsample")
+    @classmethod
+    def _minus_one_or_positive(cls, v: int) -> int:
+        if v != -1 and v < 1:
+            raise ValueError("must be -1 (unused) or a positive integer")
+        return v
+
+
+class ClassifierConfig(_Section):
+    """Noisy classifier: the UNet encoder half + middle block + a pooling head."""
+
+    model_channels: int = Field(32, ge=1)
+    channel_mult: tuple[float, ...] = (1, 2)
+    num_res_blocks: int = Field(1, ge=1)
+    attention_resolutions: tuple[int, ...] = (4,)
+    num_heads: int = Field(1, ge=1)
+    num_head_channels: int = -1
+    use_scale_shift_norm: bool = True
+    resblock_updown: bool = True
+    conv_resample: bool = True
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    attention_order: Literal["legacy", "new"] = "legacy"
+    pool: Literal["adaptive", "attention", "spatial", "spatial_v2"] = "attention"
+    use_checkpoint: bool = False
+
+    _mult = field_validator("channel_mult")(classmethod(lambda cls, v: _check_mult(v)))
+
+
+# ------------------------------------------------------------------------------------ diffusion
+class DiffusionConfig(_Section):
+    noise_schedule: Literal["linear", "cosine"] = "cosine"
+    diffusion_steps: int = Field(1000, ge=2)
+    loss_type: Literal["mse", "hybrid", "kl"] = "hybrid"
+    timestep_sampler: Literal["uniform", "loss-second-moment"] = "uniform"
+
+
+# ------------------------------------------------------------------------------------- training
+class TrainConfig(_Section):
+    steps: int = Field(3000, ge=1)  # required step limit: training always ends
+    batch_size: int = Field(64, ge=1)
+    microbatch: int = Field(-1, ge=-1)  # -1: no accumulation; else split each batch in chunks
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_schedule: Literal["constant", "warmup", "linear"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    ema_rates: tuple[float, ...] = (0.999,)
+    ema_warmup: bool = True  # rate min(rate, (1+n)/(10+n)) early on
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    grad_clip: Optional[float] = Field(None, gt=0)
+    checkpoint_every: int = Field(1000, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(50, ge=1)
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = Field(0, ge=0)
+
+    @field_validator("ema_rates")
+    @classmethod
+    def _rates(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(not 0.0 < r < 1.0 for r in v):
+            raise ValueError("must be a non-empty list of rates in (0, 1), e.g. [0.999]")
+        return v
+
+    @model_validator(mode="after")
+    def _micro(self) -> "TrainConfig":
+        if self.microbatch > 0 and self.microbatch > self.batch_size:
+            raise ValueError(
+                f"train.microbatch ({self.microbatch}) must be <= train.batch_size ({self.batch_size})"
+            )
+        return self
+
+
+class ClassifierTrainConfig(_Section):
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    lr_anneal: bool = True
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(50, ge=1)
+    eval_every: int = Field(500, ge=1)
+    seed: int = 1
+    device: str = "auto"
+
+
+class EvaluatorConfig(_Section):
+    width: int = Field(32, ge=8)
+    feature_dim: int = Field(64, ge=8)
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    seed: int = 2
+
+
+# ------------------------------------------------------------------------------------- sampling
+class SampleConfig(_Section):
+    sampler: Literal["ddpm", "ddim"] = "ddim"
+    respacing: str = "ddim25"
+    eta: float = Field(0.0, ge=0.0)
+    scales: tuple[float, ...] = (0.0,)
+    num_samples: int = Field(500, ge=1)
+    batch_size: int = Field(250, ge=1)
+    seed: int = 0
+    labels: str = "balanced"  # random | balanced | an integer class
+    clip_denoised: bool = True
+    use_ema: bool = True
+    chunk_size: int = Field(250, ge=1)  # samples per resumable chunk file
+    device: str = "auto"
+
+    @field_validator("scales")
+    @classmethod
+    def _scales(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(s < 0 for s in v):
+            raise ValueError("must be a non-empty list of non-negative guidance scales")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: str) -> str:
+        if v not in ("random", "balanced") and not str(v).lstrip("-").isdigit():
+            raise ValueError("must be 'random', 'balanced' or an integer class index")
+        return str(v)
+
+
+class EvalConfig(_Section):
+    features: Literal["evaluator", "inception"] = "evaluator"
+    inception_weights: Optional[str] = None
+    reference: Literal["train", "val"] = "train"
+    batch_size: int = Field(250, ge=1)
+    kid_subsets: int = Field(50, ge=1)
+    kid_subset_size: int = Field(100, ge=2)
+    cache_dir: str = "data/cache"
+
+
+class TrackingConfig(_Section):
+    enabled: bool = True
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "gdm-digits"
+    register_models: bool = True
+    unet_model_name: str = "gdm-unet"
+    classifier_model_name: str = "gdm-classifier"
+    aliases: tuple[str, ...] = ("candidate",)
+    reevaluate_alias: str = "champion"
+    reevaluate_tolerance: float = Field(2.0, ge=0)
+
+
+class PipelineConfig(_Section):
+    runs_dir: str = "runs"
+    reports_dir: str = "reports"
+    # Table-4 pattern: model variants trained by the default pipeline (name -> overrides).
+    models: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"cond": {}, "uncond": {"unet.num_classes": None}}
+    )
+    samplers: tuple[Literal["ddpm", "ddim"], ...] = ("ddim",)
+    # Architecture ablations (Table 1/2, AdaGN): name -> dotted overrides applied to the base.
+    ablations: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    baseline: str = "base"
+
+
+class Config(_Section):
+    data: DataConfig = DataConfig()
+    unet: UNetConfig = UNetConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    train: TrainConfig = TrainConfig()
+    classifier_train: ClassifierTrainConfig = ClassifierTrainConfig()
+    evaluator: EvaluatorConfig = EvaluatorConfig()
+    sample: SampleConfig = SampleConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Config":
+        res = self.data.resolution
+        for section in ("unet", "classifier"):
+            net = getattr(self, section)
+            _check_attention(section, net.attention_resolutions, res, len(net.channel_mult))
+            _check_widths(section, net)
+        if self.diffusion.loss_type == "hybrid" and not self.unet.learn_sigma:
+            raise ValueError(
+                "diffusion.loss_type 'hybrid' needs unet.learn_sigma: true "
+                "(use loss_type 'mse' for a fixed-variance model)"
+            )
+        if self.diffusion.loss_type == "mse" and self.unet.learn_sigma:
+            raise ValueError(
+                "diffusion.loss_type 'mse' with unet.learn_sigma: true leaves the variance untrained; "
+                "use 'hybrid' (ADM's default) or set unet.learn_sigma: false"
+            )
+        return self
+
+    # -- helpers -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def flat(self) -> dict[str, Any]:
+        """Flattened `section.key` -> value (MLflow params use exactly these names)."""
+        return flatten(self.to_dict())
+
+    def with_overrides(self, overrides: dict[str, Any], origin: str = "override") -> "Config":
+        raw = self.to_dict()
+        for key, value in overrides.items():
+            set_dotted(raw, key, value, origin=origin)
+        return validate(raw, origin=origin)
+
+
+def _check_attention(section: str, attn: tuple[int, ...], resolution: int, levels: int) -> None:
+    reachable = [resolution // (2**i) for i in range(levels)]
+    for r in attn:
+        if r not in reachable:
+            raise ValueError(
+                f"{section}.attention_resolutions: {r} is not reachable from data.resolution "
+                f"{resolution} with {levels} levels; allowed: {reachable}"
+            )
+    if resolution % (2 ** (levels - 1)):
+        raise ValueError(
+            f"{section}.channel_mult: {levels} levels need data.resolution divisible by "
+            f"{2 ** (levels - 1)}, got {resolution}"
+        )
+
+
+def _check_widths(section: str, net: UNetConfig | ClassifierConfig) -> None:
+    for m in net.channel_mult:
+        ch = int(m * net.model_channels)
+        if ch % 32:
+            raise ValueError(
+                f"{section}.model_channels x channel_mult gives width {ch} (mult {m}): GroupNorm(32) "
+                "needs every level width to be a multiple of 32"
+            )
+        if net.num_head_channels != -1 and ch % net.num_head_channels:
+            raise ValueError(
+                f"{section}.num_head_channels {net.num_head_channels} does not divide the level width {ch}"
+            )
+
+
+# ------------------------------------------------------------------------- loading / overrides
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and prefix.count(".") < 1:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any, origin: str = "override") -> None:
+    parts = key.split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(f"{origin}: key '{key}' must be a dotted path like 'unet.model_channels'")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        if part not in node or not isinstance(node[part], dict):
+            known = sorted(k for k, v in node.items() if isinstance(v, dict))
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"{origin}: unknown section '{where}'; known sections: {known}")
+        node = node[part]
+    leaf = parts[-1]
+    if leaf not in node and parts[0] not in ("pipeline",):
+        raise ConfigError(
+            f"{origin}: unknown key '{key}'; known keys in '{'.'.join(parts[:-1])}': {sorted(node)}"
+        )
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse `key.path=value`; the value is read as YAML (`8`, `[32,16]`, `null`, `true`)."""
+    if "=" not in text:
+        raise ConfigError(f"--set '{text}': expected key.path=value, e.g. unet.model_channels=64")
+    key, _, value = text.partition("=")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set '{text}': value is not valid YAML: {exc}") from None
+    return key.strip(), parsed
+
+
+def validate(raw: Any, origin: str = DEFAULT_PARAMS) -> Config:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, raw, origin)) from None
+
+
+def _format_errors(exc: ValidationError, raw: dict[str, Any], origin: str) -> str:
+    lines = [f"{origin}: invalid configuration:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            parent = err["loc"][:-1]
+            node: Any = Config
+            allowed: list[str] = []
+            for p in parent:
+                node = node.model_fields[p].annotation if hasattr(node, "model_fields") else None
+            if node is not None and hasattr(node, "model_fields"):
+                allowed = sorted(node.model_fields)
+            lines.append(f"  {loc}: unknown key; allowed keys: {allowed}")
+            continue
+        value = _lookup(raw, err["loc"])
+        where = f"  {loc}: " if loc else "  "
+        shown = f" (got {value!r})" if value is not _MISSING and not isinstance(value, dict) else ""
+        lines.append(f"{where}{msg}{shown}")
+    return "\n".join(lines)
+
+
+_MISSING = object()
+
+
+def _lookup(raw: Any, loc: tuple) -> Any:
+    node = raw
+    for p in loc:
+        if isinstance(node, dict) and p in node:
+            node = node[p]
+        elif isinstance(node, (list, tuple)) and isinstance(p, int) and p < len(node):
+            node = node[p]
+        else:
+            return _MISSING
+    return node
+
+
+def load_config(
+    path: str | Path = DEFAULT_PARAMS, overrides: list[str] | dict[str, Any] | None = None
+) -> Config:
+    """Read params.yaml (missing file -> all defaults is NOT allowed: it must exist), apply overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    raw = copy.deepcopy(raw) if raw else {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    cfg = validate(raw, origin=str(path))
+    if overrides:
+        items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
+        full = cfg.to_dict()
+        for key, value in items:
+            set_dotted(full, key, value, origin=f"--set {key}")
+        cfg = validate(full, origin=f"{path} with --set overrides")
+    return cfg
