@@ -1,0 +1,16 @@
+"""ADM networks: UNet, super-resolution UNet, noisy classifier, released-model presets."""
+
+from gdm.nn.classifier import EncoderUNet
+from gdm.nn.presets import PRESETS, Preset, build_model, build_preset, count_parameters
+from gdm.nn.unet import SuperResUNet, UNet
+
+__all__ = [
+    "EncoderUNet",
+    "PRESETS",
+    "Preset",
+    "SuperResUNet",
+    "UNet",
+    "build_model",
+    "build_preset",
+    "count_parameters",
+]
