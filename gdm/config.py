@@ -20,7 +20,7 @@ DEFAULT_PARAMS = "params.yaml"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -359,6 +359,11 @@ def parse_override(text: str) -> tuple[str, Any]:
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set '{text}': value is not valid YAML: {exc}") from None
+    if isinstance(parsed, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            parsed = float(parsed)
+        except ValueError:
+            pass
     return key.strip(), parsed
 
 

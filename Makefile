@@ -1,0 +1,38 @@
+# Two commands do all the set-up on a fresh clone: `make demo` and `make test`.
+# Both create the virtual environment at .venv when it is missing (or pyproject.toml changed).
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTHON ?= python3
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
+
+.PHONY: venv demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/gdm prepare
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check gdm flows tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_unet.py
+
+clean:
+	rm -rf runs reports mlflow.db mlruns .prefect data/prepared data/cache

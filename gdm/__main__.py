@@ -1,0 +1,3 @@
+from gdm.cli import main
+
+main()

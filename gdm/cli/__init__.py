@@ -1,0 +1,43 @@
+"""`gdm` command line: thin wrappers over `gdm.stages` and the library.
+
+Bad input (config, files, checkpoints) raises `GdmError`; `main` prints its message without a
+traceback and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from gdm.errors import GdmError
+
+app = typer.Typer(
+    name="gdm",
+    help="Guided diffusion (ADM) experiment platform: prepare -> train -> sample -> evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+from gdm.cli import data_cmds  # noqa: E402,F401  (registers commands)
+
+for _optional in ("nn_cmds", "train_cmds", "sample_cmds", "eval_cmds", "pipeline_cmds"):
+    try:
+        __import__(f"gdm.cli.{_optional}")
+    except ModuleNotFoundError as exc:  # command groups still being built
+        if exc.name != f"gdm.cli.{_optional}":
+            raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    err = Console(stderr=True)
+    try:
+        app(args=argv, prog_name="gdm", standalone_mode=True)
+    except GdmError as exc:
+        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted; finished work is kept (rerun to resume)")
+        sys.exit(130)

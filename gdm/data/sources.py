@@ -1,0 +1,239 @@
+"""Dataset sources: each yields `Record`s (an image, a label, a stable id, where it came from).
+
+Sources (chosen by `data.source`): `digits` (scikit-learn's bundled handwritten digits),
+`imagefolder` (class subfolders, or a flat folder labelled by the file-name prefix before the
+first `_`), `cifar10` (the standard `cifar-10-python.tar.gz` archive) and `npz` (ADM's
+sample/reference format). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from gdm.errors import DataError
+
+NO_LABEL = -1
+
+
+@dataclass(frozen=True)
+class Record:
+    image: Image.Image | None  # None when the file could not be read (see `error`)
+    label: int  # NO_LABEL when unconditional
+    sample_id: str  # stable across runs: derived from the source, never from order of reading
+    source: str  # relative path, or "<archive member>#index", or "index"
+    split: Optional[str] = None  # a split fixed by the source (CIFAR-10's official split)
+    error: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class SourceData:
+    records: Callable[[], Iterator[Record]]
+    class_names: list[str]  # empty when unconditional
+    count: int
+
+
+# ------------------------------------------------------------------------------------- digits
+def digits_source() -> SourceData:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # 8x8 intensities 0..16 -> uint8 0..255 (exact for 0 and 16)
+    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    labels = bunch.target.astype(int)
+
+    def records() -> Iterator[Record]:
+        for i, (img, y) in enumerate(zip(images, labels)):
+            yield Record(Image.fromarray(img, mode="L"), int(y), f"digits-{i:05d}", str(i))
+
+    return SourceData(records, [str(c) for c in range(10)], len(images))
+
+
+# -------------------------------------------------------------------------------- imagefolder
+def imagefolder_source(path: str, labels: str = "auto") -> SourceData:
+    root = Path(path)
+    if not root.exists():
+        raise DataError(f"data.path: image folder not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"data.path: expected a directory of images, got a file: {root}")
+    files = sorted(
+        p for p in root.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(root).parts)
+    )
+    if not files:
+        raise DataError(f"data.path: image folder is empty (no files found under {root})")
+    subdirs = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
+    mode = labels
+    if mode == "auto":
+        mode = "subfolders" if subdirs else "filename"
+    if mode == "subfolders":
+        loose = [p for p in files if len(p.relative_to(root).parts) == 1]
+        if loose:
+            raise DataError(
+                f"data.labels 'subfolders': {loose[0]} lies directly in {root}; every image must be in "
+                "a class subfolder (or set data.labels: filename / none)"
+            )
+        class_of = {p: p.relative_to(root).parts[0] for p in files}
+    elif mode == "filename":
+        class_of = {p: p.name.split("_", 1)[0] for p in files}
+    else:
+        class_of = {}
+    class_names = sorted(set(class_of.values()))
+    index = {c: i for i, c in enumerate(class_names)}
+
+    def records() -> Iterator[Record]:
+        for p in files:
+            rel = p.relative_to(root).as_posix()
+            label = index[class_of[p]] if class_of else NO_LABEL
+            img, err = _open_image(p)
+            yield Record(img, label, f"file:{rel}", rel, error=err)
+
+    return SourceData(records, class_names, len(files))
+
+
+def _open_image(path: Path) -> tuple[Image.Image | None, str | None]:
+    try:
+        with Image.open(path) as im:
+            im.load()  # forces a full decode: truncated files fail here
+            return im.copy(), None
+    except UnidentifiedImageError:
+        return None, f"{path}: not an image file (PIL cannot identify it)"
+    except (OSError, SyntaxError, ValueError) as exc:
+        return None, f"{path}: unreadable or truncated image ({exc})"
+
+
+# ------------------------------------------------------------------------------------ cifar10
+_CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+_CIFAR_TEST = "test_batch"
+_NUMPY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """CIFAR batches are pickles: allow numpy arrays and plain containers, nothing that runs code."""
+
+    def find_class(self, module: str, name: str):  # noqa: D401
+        if (module, name) in _NUMPY_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+
+
+def _load_batch(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: Path) -> dict:
+    f = tar.extractfile(member)
+    if f is None:
+        raise DataError(f"{archive}: member {member.name} is not a file")
+    try:
+        obj = _NumpyOnlyUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
+    except Exception as exc:
+        raise DataError(f"{archive}: member {member.name} is not a CIFAR-10 batch: {exc}") from None
+    obj = {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
+    if "data" not in obj or "labels" not in obj:
+        raise DataError(f"{archive}: member {member.name} lacks 'data'/'labels' (has {sorted(obj)})")
+    data = np.asarray(obj["data"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(
+            f"{archive}: member {member.name}: 'data' must be uint8 [N, 3072], got "
+            f"{data.dtype} {list(data.shape)}"
+        )
+    return obj
+
+
+def cifar10_source(path: str) -> SourceData:
+    archive = Path(path)
+    if not archive.is_file():
+        raise DataError(f"data.path: CIFAR-10 archive not found: {archive}")
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+            missing = [n for n in _CIFAR_TRAIN + [_CIFAR_TEST] if n not in members]
+            if missing:
+                raise DataError(f"{archive}: not a CIFAR-10 python archive: missing members {missing}")
+            batches = [(n, _load_batch(tar, members[n], archive)) for n in _CIFAR_TRAIN + [_CIFAR_TEST]]
+            names = [f"class{i}" for i in range(10)]
+            if "batches.meta" in members:
+                meta = _load_batch_meta(tar, members["batches.meta"], archive)
+                names = meta or names
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise DataError(f"{archive}: corrupt or unreadable archive: {exc}") from None
+    total = sum(len(b["labels"]) for _, b in batches)
+
+    def records() -> Iterator[Record]:
+        for name, batch in batches:
+            split = "val" if name == _CIFAR_TEST else "train"
+            images = batch["data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            for i, (img, y) in enumerate(zip(images, batch["labels"])):
+                src = f"{name}#{i}"
+                yield Record(Image.fromarray(np.ascontiguousarray(img), "RGB"), int(y), f"cifar10:{src}", src, split)
+
+    return SourceData(records, names, total)
+
+
+def _load_batch_meta(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: Path) -> list[str] | None:
+    f = tar.extractfile(member)
+    try:
+        obj = _NumpyOnlyUnpickler(io.BytesIO(f.read()), encoding="bytes").load() if f else None
+    except Exception:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    names = obj.get(b"label_names") or obj.get("label_names")
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names] if names else None
+
+
+# ---------------------------------------------------------------------------------------- npz
+def npz_source(path: str) -> SourceData:
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"data.path: npz file not found: {file}")
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            if "arr_0" not in npz.files:
+                raise DataError(f"{file}: expected ADM layout with 'arr_0' (uint8 NHWC), found {npz.files}")
+            images = npz["arr_0"]
+            labels = npz["arr_1"] if "arr_1" in npz.files else None
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{file}: not a readable .npz file: {exc}") from None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise DataError(
+            f"{file}: arr_0 must be uint8 [N, H, W, C] with C in (1, 3), got {images.dtype} "
+            f"{list(images.shape)}"
+        )
+    if labels is not None and (labels.ndim != 1 or len(labels) != len(images)):
+        raise DataError(f"{file}: arr_1 must be [N] labels matching arr_0, got {list(labels.shape)}")
+    if labels is not None and not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{file}: arr_1 must hold integer labels, got {labels.dtype}")
+    num_classes = int(labels.max()) + 1 if labels is not None and len(labels) else 0
+
+    def records() -> Iterator[Record]:
+        for i, img in enumerate(images):
+            pil = Image.fromarray(img[..., 0], "L") if img.shape[-1] == 1 else Image.fromarray(img, "RGB")
+            y = int(labels[i]) if labels is not None else NO_LABEL
+            yield Record(pil, y, f"npz:{i}", str(i))
+
+    return SourceData(records, [str(c) for c in range(num_classes)], len(images))
+
+
+def open_source(source: str, path: str | None, labels: str = "auto") -> SourceData:
+    if source == "digits":
+        return digits_source()
+    if source == "imagefolder":
+        return imagefolder_source(path, labels)
+    if source == "cifar10":
+        return cifar10_source(path)
+    if source == "npz":
+        return npz_source(path)
+    raise DataError(f"data.source: unknown source {source!r}")
