@@ -5,8 +5,8 @@ from gdm.nn.presets import PRESETS, Preset, build_model, build_preset, count_par
 from gdm.nn.unet import SuperResUNet, UNet
 
 __all__ = [
-    "EncoderUNet",
     "PRESETS",
+    "EncoderUNet",
     "Preset",
     "SuperResUNet",
     "UNet",

@@ -1,7 +1,8 @@
 """Multi-head self-attention of ADM (ADM.md sec. 1) and the CLIP-style attention pool (sec. 2).
 
-Attention is computed with `F.scaled_dot_product_attention` in float32: whatever the input dtype
-(or autocast), q, k, v are cast to float32 before the call and the result back to the input dtype,
+Attention is computed with `F.scaled_dot_product_attention` in float32 (float64 stays float64):
+half-precision q, k, v (also under autocast) are cast to float32 before the call, autocast is off
+inside it, and the result is cast back to the input dtype,
 so the softmax statistics are float32 as in the reference, which evaluates
 `softmax((q * ch**-0.25) . (k * ch**-0.25))` in float32.
 """
@@ -46,7 +47,8 @@ def qkv_attention(qkv: torch.Tensor, num_heads: int, order: str = "legacy") -> t
     if width % (3 * num_heads):
         raise ConfigError(f"qkv width {width} is not divisible by 3 * num_heads = {3 * num_heads}")
     ch = width // (3 * num_heads)
-    q, k, v = split_qkv(qkv.float(), num_heads, order)
+    work = qkv if qkv.dtype in (torch.float32, torch.float64) else qkv.float()
+    q, k, v = split_qkv(work, num_heads, order)
     s = ch**-0.25
     with autocast_off(qkv.device.type):
         a = F.scaled_dot_product_attention(q * s, k * s, v, scale=1.0)  # [N, H, L, ch]

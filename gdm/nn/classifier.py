@@ -10,7 +10,7 @@ Under autocast the head runs with autocast off in x's dtype; logits have x's dty
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -56,10 +56,10 @@ class EncoderUNet(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.model_channels, self.pool = model_channels, pool
         emb_dim = 4 * model_channels
-        res = dict(emb_channels=emb_dim, dropout=dropout,
-                   use_scale_shift_norm=use_scale_shift_norm, use_checkpoint=use_checkpoint)
-        attn = dict(num_heads=num_heads, num_head_channels=num_head_channels,
-                    attention_order=attention_order, use_checkpoint=use_checkpoint)
+        res = {"emb_channels": emb_dim, "dropout": dropout,
+               "use_scale_shift_norm": use_scale_shift_norm, "use_checkpoint": use_checkpoint}
+        attn = {"num_heads": num_heads, "num_head_channels": num_head_channels,
+                "attention_order": attention_order, "use_checkpoint": use_checkpoint}
         self.time_embed = nn.Sequential(
             nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )

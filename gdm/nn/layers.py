@@ -105,7 +105,8 @@ class ResBlock(TimestepBlock):
     """ADM residual block conditioned on the time(+class) embedding (ADM.md sec. 1).
 
     h = conv(SiLU(GN(x)))                             (BigGAN up/down: resample h and x before conv)
-    AdaGN:    h = conv(Dropout(SiLU(GN(h) * (1 + scale) + shift))),  [scale, shift] = Linear(SiLU(e))
+    AdaGN:    h = conv(Dropout(SiLU(GN(h) * (1 + scale) + shift))),
+              [scale, shift] = Linear(SiLU(e))   (scale first)
     addition: h = conv(Dropout(SiLU(GN(h + Linear(SiLU(e))))))
     out = skip(x) + h, times 1/sqrt(2) with `rescale_residual` (paper's ablation, off by default).
     """

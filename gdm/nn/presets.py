@@ -46,10 +46,10 @@ class Preset:
     recipe: dict[str, Any] = field(default_factory=dict)  # schedule / steps / fp16 (info only)
 
 
-_COMMON = dict(
-    in_channels=3, num_res_blocks=2, attention_resolutions=(32, 16, 8), learn_sigma=True,
-    use_scale_shift_norm=True, resblock_updown=True,
-)
+_COMMON = {
+    "in_channels": 3, "num_res_blocks": 2, "attention_resolutions": (32, 16, 8),
+    "learn_sigma": True, "use_scale_shift_norm": True, "resblock_updown": True,
+}
 
 
 def _unet(size: int, **kw: Any) -> dict[str, Any]:
@@ -57,12 +57,12 @@ def _unet(size: int, **kw: Any) -> dict[str, Any]:
 
 
 def _classifier(size: int) -> dict[str, Any]:
-    return dict(
-        image_size=size, in_channels=3, model_channels=128, out_channels=1000,
-        channel_mult=default_channel_mult(size), num_res_blocks=4 if size == 64 else 2,
-        attention_resolutions=(32, 16, 8), num_head_channels=64, use_scale_shift_norm=True,
-        resblock_updown=True, pool="attention",
-    )
+    return {
+        "image_size": size, "in_channels": 3, "model_channels": 128, "out_channels": 1000,
+        "channel_mult": default_channel_mult(size), "num_res_blocks": 4 if size == 64 else 2,
+        "attention_resolutions": (32, 16, 8), "num_head_channels": 64,
+        "use_scale_shift_norm": True, "resblock_updown": True, "pool": "attention",
+    }
 
 
 def _recipe(schedule: str, fp16: bool = True) -> dict[str, Any]:

@@ -14,7 +14,7 @@ attention softmax always compute in float32; the timestep-embedding MLP and the 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -144,11 +144,11 @@ class UNet(nn.Module):
         self.out_channels = in_channels * (2 if learn_sigma else 1)
         self.model_channels, self.num_classes = model_channels, num_classes
         emb_dim = 4 * model_channels
-        res = dict(emb_channels=emb_dim, dropout=dropout,
-                   use_scale_shift_norm=use_scale_shift_norm,
-                   rescale_residual=rescale_residual, use_checkpoint=use_checkpoint)
-        attn = dict(num_heads=num_heads, num_head_channels=num_head_channels,
-                    attention_order=attention_order, use_checkpoint=use_checkpoint)
+        res = {"emb_channels": emb_dim, "dropout": dropout,
+               "use_scale_shift_norm": use_scale_shift_norm,
+               "rescale_residual": rescale_residual, "use_checkpoint": use_checkpoint}
+        attn = {"num_heads": num_heads, "num_head_channels": num_head_channels,
+                "attention_order": attention_order, "use_checkpoint": use_checkpoint}
         up_heads = num_heads if num_heads_upsample == -1 else num_heads_upsample
         attn_up = {**attn, "num_heads": up_heads}
 
@@ -243,8 +243,10 @@ class SuperResUNet(UNet):
         super().__init__(image_size=large_size, **kwargs)
         self.large_size, self.small_size = large_size, small_size
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, low_res: torch.Tensor,  # type: ignore[override]
-                y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, t: torch.Tensor, low_res: torch.Tensor,
+        y: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise GdmError(f"x must have shape [N, {self.in_channels}, H, W], got "
                            f"{tuple(x.shape)}")
