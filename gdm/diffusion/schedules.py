@@ -41,6 +41,11 @@ def get_named_beta_schedule(name: str, num_timesteps: int) -> torch.Tensor:
     if name == "linear":
         # DDPM's linear schedule, rescaled so that any T gives the same abar curve shape.
         scale = 1000.0 / num_timesteps
+        if scale * 0.02 >= 1.0:
+            raise ConfigError(
+                f"linear noise schedule: {num_timesteps} steps gives a final beta of "
+                f"{scale * 0.02:g} >= 1; use at least 21 steps (or the cosine schedule)"
+            )
         return torch.linspace(
             scale * 1e-4, scale * 0.02, num_timesteps, dtype=torch.float64
         )
@@ -82,8 +87,8 @@ def make_schedule(betas, timestep_map=None) -> Schedule:
     betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu().clone()
     if betas.ndim != 1 or betas.numel() < 1:
         raise ConfigError(f"betas: got shape {tuple(betas.shape)}, expected a non-empty 1-D array")
-    if not bool(((betas > 0) & (betas <= 1)).all()):
-        raise ConfigError("betas: every beta must lie in (0, 1]")
+    if not bool(((betas > 0) & (betas < 1)).all()):
+        raise ConfigError("betas: every beta must lie in (0, 1) (beta = 1 makes abar_t = 0)")
     T = betas.shape[0]
     if timestep_map is None:
         timestep_map = torch.arange(T, dtype=torch.int64)
