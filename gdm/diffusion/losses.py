@@ -20,7 +20,12 @@ import math
 
 import torch
 
-from gdm.diffusion.gaussian import p_mean_variance, q_posterior_mean_variance, q_sample
+from gdm.diffusion.gaussian import (
+    p_mean_variance,
+    q_posterior_mean_variance,
+    q_sample,
+    split_model_output,
+)
 from gdm.diffusion.schedules import Schedule, model_timesteps
 from gdm.errors import ConfigError
 
@@ -120,23 +125,19 @@ def training_losses(
         )
     x_t = q_sample(s, x0, t, noise)
     model_output = model_fn(x_t, model_timesteps(s, t))
-    terms = {}
+    eps_hat, v = split_model_output(model_output, x0, learn_sigma)  # checks the channel count
+    terms = {"mse": mean_flat((noise - eps_hat) ** 2)}
     if loss_type == "kl":
         terms["vb"] = vb_terms_bpd(s, model_output, x0, x_t, t, learn_sigma=learn_sigma)["output"]
-        terms["mse"] = mean_flat((noise - model_output[:, : x0.shape[1]].to(x0.dtype)) ** 2)
-        terms["mse"] = terms["mse"].detach()
+        terms["mse"] = terms["mse"].detach()  # reported only
         terms["loss"] = terms["vb"]
         return terms
-
-    channels = x0.shape[1]
-    eps_hat = model_output[:, :channels].to(x0.dtype)
-    terms["mse"] = mean_flat((noise - eps_hat) ** 2)
     if loss_type == "mse":
         terms["loss"] = terms["mse"]
         return terms
 
     # Hybrid: freeze the mean so that L_vb only trains the variance channels (IDDPM sec. 3.1).
-    frozen = torch.cat([model_output[:, :channels].detach(), model_output[:, channels:]], dim=1)
+    frozen = torch.cat([eps_hat.detach(), v], dim=1)
     vb = vb_terms_bpd(s, frozen, x0, x_t, t, learn_sigma=True)["output"]
     if loss_type == "rescaled_hybrid":
         vb = vb * (s.num_timesteps / 1000.0)

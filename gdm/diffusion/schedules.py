@@ -127,8 +127,12 @@ def make_schedule(betas, timestep_map=None) -> Schedule:
 
 
 def extract(arr: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """arr[t] as a [B, 1, ..., 1] tensor with `like`'s dtype and device (gathered in float64)."""
-    out = arr.to(device=t.device)[t].to(dtype=like.dtype, device=like.device)
+    """arr[t] as a [B, 1, ..., 1] tensor with `like`'s dtype and device.
+
+    The float64 array is rounded to like.dtype before the gather (the same values as gathering
+    in float64 and then casting), so no float64 tensor reaches devices that lack it.
+    """
+    out = arr.to(device=like.device, dtype=like.dtype)[t.to(like.device)]
     return out.reshape(out.shape + (1,) * (like.ndim - out.ndim))
 
 

@@ -187,3 +187,13 @@ def test_loss_type_errors(tiny_schedule):
         training_losses(*args, noise=x0, loss_type="l1")
     with pytest.raises(ConfigError, match="learn_sigma"):
         training_losses(*args, noise=x0, loss_type="hybrid", learn_sigma=False)
+
+
+def test_model_output_channels_must_match_learn_sigma(tiny_schedule):
+    x0 = torch.zeros(2, 3, 2, 2, dtype=torch.float64)
+    t = torch.zeros(2).long()
+    with pytest.raises(ConfigError, match="6 channels"):
+        training_losses(tiny_schedule, lambda x, tm: x, x0, t, noise=x0, loss_type="hybrid",
+                        learn_sigma=True)
+    with pytest.raises(ConfigError, match="3 channels"):
+        training_losses(tiny_schedule, lambda x, tm: torch.cat([x, x], 1), x0, t, noise=x0)
