@@ -98,7 +98,7 @@ class ClassifierConfig(_Section):
     num_res_blocks: int = Field(1, ge=1)
     attention_resolutions: tuple[int, ...] = (4,)
     num_heads: int = Field(1, ge=1)
-    num_head_channels: int = -1
+    num_head_channels: int = 32
     use_scale_shift_norm: bool = True
     resblock_updown: bool = True
     conv_resample: bool = True
@@ -108,6 +108,15 @@ class ClassifierConfig(_Section):
     use_checkpoint: bool = False
 
     _mult = field_validator("channel_mult")(classmethod(lambda cls, v: _check_mult(v)))
+
+    @model_validator(mode="after")
+    def _pool_heads(self) -> "ClassifierConfig":
+        if self.pool == "attention" and self.num_head_channels < 1:
+            raise ValueError(
+                "classifier.pool 'attention' needs classifier.num_head_channels >= 1 "
+                f"(got {self.num_head_channels}); the released classifiers use 64"
+            )
+        return self
 
 
 # ------------------------------------------------------------------------------------ diffusion

@@ -1,0 +1,1 @@
+"""Training: diffusion UNet, noisy classifier and the evaluator, with exact resume."""

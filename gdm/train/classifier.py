@@ -1,0 +1,135 @@
+"""`gdm train-classifier`: the noisy classifier p(y | x_t, t) used for guidance (ADM section 2).
+
+Input q_sample(x0, t) with t ~ Uniform{0..T-1} under the SAME schedule as the diffusion model,
+cross-entropy, AdamW with an optional linear lr anneal. Validation accuracy is reported per
+t-quartile (t in [0, T/4), [T/4, T/2), ...): near-clean inputs are easy, pure noise is chance.
+Same checkpoint/resume guarantees as the diffusion trainer.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from gdm.config import Config
+from gdm.data.dataset import PreparedDataset, read_manifest
+from gdm.diffusion import build_schedule, model_timesteps, q_sample, sample_seed
+from gdm.errors import ConfigError
+from gdm.io import save_checkpoint
+from gdm.models import FORMAT, build, classifier_kwargs
+from gdm.progress import SILENT, Bar
+from gdm.train.batches import BatchOrder, step_generator
+from gdm.train.checkpoints import CheckpointDir
+from gdm.train.diffusion import _data_info
+from gdm.train.optim import NonFiniteLoss, Precision, lr_at, resolve_device, set_lr
+from gdm.train.runlog import MetricsLog
+
+MODEL_FILE = "classifier.pt"
+
+
+@torch.no_grad()
+def accuracy_by_quartile(model: torch.nn.Module, schedule, images: torch.Tensor, labels: torch.Tensor,
+                         *, seed: int, batch_size: int = 512, device: torch.device | str = "cpu") -> list[float]:
+    """Accuracy on q_sample(x0, t) for t drawn uniformly inside each quarter of [0, T)."""
+    T = schedule.num_timesteps
+    accs = []
+    model.eval()
+    for q in range(4):
+        g = torch.Generator().manual_seed(sample_seed(seed, q))
+        lo, hi = q * T // 4, (q + 1) * T // 4
+        correct = 0
+        for s in range(0, len(images), batch_size):
+            x0, y = images[s : s + batch_size], labels[s : s + batch_size]
+            t = torch.randint(lo, max(hi, lo + 1), (len(x0),), generator=g)
+            x_t = q_sample(schedule, x0, t, torch.randn(x0.shape, generator=g))
+            logits = model(x_t.to(device), model_timesteps(schedule, t).to(device))
+            correct += int((logits.argmax(-1).cpu() == y).sum())
+        accs.append(correct / len(images))
+    return accs
+
+
+def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *, resume: bool = True,
+                     progress: Bar = SILENT, on_log: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+    tc = cfg.classifier_train
+    run_dir = Path(run_dir)
+    manifest = read_manifest(dataset_dir)
+    if manifest.num_classes < 2:
+        raise ConfigError(f"train-classifier: dataset {manifest.path} is unconditional (no labels to learn)")
+    device = resolve_device(tc.device)
+    train, val = PreparedDataset(dataset_dir, "train"), PreparedDataset(dataset_dir, "val")
+    order = BatchOrder(len(train), tc.batch_size, tc.seed)
+    torch.manual_seed(tc.seed)
+    kwargs = classifier_kwargs(cfg.classifier, manifest.resolution, manifest.channels, manifest.num_classes)
+    model = build("classifier", kwargs).to(device)
+    schedule = build_schedule(cfg.diffusion.noise_schedule, cfg.diffusion.diffusion_steps)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    precision = Precision(tc.precision, device)
+    ckpts = CheckpointDir(run_dir / "checkpoints", tc.keep_checkpoints)
+    log = MetricsLog(run_dir / "metrics.csv")
+    start = 0
+    state = ckpts.load_latest() if resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        precision.scaler.load_state_dict(state["scaler"])
+        start = int(state["step"])
+        log.truncate(start)
+
+    def payload(step: int) -> dict[str, Any]:
+        return {"format": FORMAT, "kind": "classifier", "model_kwargs": kwargs, "model": model.state_dict(),
+                "optimizer": opt.state_dict(), "scaler": precision.scaler.state_dict(), "step": step,
+                "config": cfg.to_dict(), "diffusion": cfg.diffusion.model_dump(), "data": _data_info(manifest)}
+
+    t0, seen = time.perf_counter(), 0
+    progress.advance(start)
+    for step in range(start, tc.steps):
+        model.train()
+        g = step_generator(tc.seed, step)
+        idx = order.indices(step)
+        x0, y = train.images[idx], train.labels[idx]
+        t = torch.randint(0, schedule.num_timesteps, (len(idx),), generator=g)
+        x_t = q_sample(schedule, x0, t, torch.randn(x0.shape, generator=g))
+        torch.manual_seed(sample_seed(tc.seed + 1, step))
+        set_lr(opt, lr_at(step, tc.lr, "linear" if tc.lr_anneal else "constant", tc.steps))
+        opt.zero_grad(set_to_none=True)
+        with precision.autocast():
+            logits = model(x_t.to(device), model_timesteps(schedule, t).to(device))
+            loss = F.cross_entropy(logits.float(), y.to(device))
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"train-classifier: loss became non-finite at step {step + 1}; stopping. "
+                                f"Last good checkpoint: {ckpts.latest()}")
+        precision.backward(loss)
+        precision.step(opt, model.parameters(), None)
+        seen += len(idx)
+        done = step + 1
+        row: dict[str, Any] | None = None
+        if done % tc.log_every == 0 or done == tc.steps:
+            acc = float((logits.argmax(-1).cpu() == y).float().mean())
+            row = {"step": done, "loss": loss.item(), "train_acc": acc, "lr": opt.param_groups[0]["lr"],
+                   "images_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
+        if done % tc.eval_every == 0 or done == tc.steps:
+            quart = accuracy_by_quartile(model, schedule, val.images, val.labels, seed=tc.seed, device=device)
+            row = row or {"step": done}
+            row.update({f"val_acc_q{i + 1}": a for i, a in enumerate(quart)})
+            row["val_acc"] = sum(quart) / 4
+        if row is not None:
+            log.append(row)
+            if on_log:
+                on_log(done, row)
+        progress.advance(loss=loss.item())
+        if done % tc.checkpoint_every == 0 or done == tc.steps:
+            ckpts.save(done, payload(done))
+            log.write()
+
+    final = run_dir / MODEL_FILE
+    if start < tc.steps or not final.exists():
+        full = payload(tc.steps)
+        save_checkpoint(final, {k: full[k] for k in ("format", "kind", "model_kwargs", "model", "step", "config",
+                                                     "diffusion", "data")})
+    log.write()
+    last = {k: v for r in log.rows for k, v in r.items()}  # latest value of every column
+    return {"model": str(final), "steps": tc.steps, "resumed_from": start, **last}

@@ -1,0 +1,161 @@
+"""`gdm train`: the diffusion UNet on a prepared dataset (ADM section 4 training recipe).
+
+Loop per step k: batch, timesteps, noise and dropout come from generators seeded by (seed, k)
+(`gdm.train.batches`), the loss is ADM's (`diffusion.loss_type`, importance-weighted when the
+loss-second-moment sampler is on), gradients are accumulated over micro-batches so the gradient
+is the full-batch mean whatever their number, then AdamW, EMA at every rate, periodic atomic
+checkpoints. `resume=True` continues from the newest checkpoint and gives, on CPU, the same
+weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from gdm.config import Config
+from gdm.data.dataset import PreparedDataset, read_manifest
+from gdm.diffusion import build_schedule, create_timestep_sampler, sample_seed, training_losses
+from gdm.errors import ConfigError
+from gdm.models import FORMAT, build, unet_kwargs
+from gdm.progress import SILENT, Bar
+from gdm.train.batches import BatchOrder, step_generator
+from gdm.train.checkpoints import CheckpointDir
+from gdm.train.optim import NonFiniteLoss, Precision, ema_rate, ema_update, lr_at, resolve_device, set_lr
+from gdm.train.runlog import MetricsLog
+
+MODEL_FILE = "model.pt"
+OnLog = Callable[[int, dict[str, float]], None]
+
+
+def check_labels(cfg: Config, manifest) -> None:
+    nc = cfg.unet.num_classes
+    if nc is not None and nc != manifest.num_classes:
+        raise ConfigError(
+            f"unet.num_classes is {nc} but the prepared dataset {manifest.path} has "
+            f"{manifest.num_classes} classes (set unet.num_classes: {manifest.num_classes or 'null'})"
+        )
+
+
+def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *, resume: bool = True,
+                    progress: Bar = SILENT, on_log: OnLog | None = None) -> dict[str, Any]:
+    tc = cfg.train
+    run_dir = Path(run_dir)
+    manifest = read_manifest(dataset_dir)
+    check_labels(cfg, manifest)
+    device = resolve_device(tc.device)
+    data = PreparedDataset(dataset_dir, "train")
+    order = BatchOrder(len(data), tc.batch_size, tc.seed)
+
+    torch.manual_seed(tc.seed)
+    kwargs = unet_kwargs(cfg.unet, manifest.resolution, manifest.channels)
+    model = build("unet", kwargs).to(device)
+    schedule = build_schedule(cfg.diffusion.noise_schedule, cfg.diffusion.diffusion_steps)
+    ts_sampler = create_timestep_sampler(cfg.diffusion.timestep_sampler, cfg.diffusion.diffusion_steps)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.999))
+    ema = {str(r): {k: v.detach().clone() for k, v in model.state_dict().items()} for r in tc.ema_rates}
+    precision = Precision(tc.precision, device)
+    ckpts = CheckpointDir(run_dir / "checkpoints", tc.keep_checkpoints)
+    log = MetricsLog(run_dir / "metrics.csv")
+    start, ema_updates = 0, 0
+
+    state = ckpts.load_latest() if resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        precision.scaler.load_state_dict(state["scaler"])
+        ts_sampler.load_state_dict(state["timestep_sampler"])
+        ema = state["ema"]
+        start, ema_updates = int(state["step"]), int(state["ema_updates"])
+        log.truncate(start)
+
+    def payload(step: int) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "kind": "unet", "model_kwargs": kwargs, "model": model.state_dict(),
+            "ema": ema, "ema_use": str(tc.ema_rates[0]), "optimizer": opt.state_dict(),
+            "scaler": precision.scaler.state_dict(), "timestep_sampler": ts_sampler.state_dict(),
+            "step": step, "ema_updates": ema_updates, "config": cfg.to_dict(),
+            "data": _data_info(manifest), "rng": {"torch": torch.get_rng_state()},
+        }
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    micro = tc.batch_size if tc.microbatch <= 0 else tc.microbatch
+    bad_streak, t0, seen = 0, time.perf_counter(), 0
+    model.train()
+    progress.advance(start)
+    for step in range(start, tc.steps):
+        g = step_generator(tc.seed, step)
+        idx = order.indices(step)
+        x0, y = data.images[idx], data.labels[idx]
+        t, weights = ts_sampler.sample(len(idx), "cpu", generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        torch.manual_seed(sample_seed(tc.seed + 1, step))  # dropout
+        set_lr(opt, lr_at(step, tc.lr, tc.lr_schedule, tc.steps, tc.warmup_steps))
+        opt.zero_grad(set_to_none=True)
+        totals = {"loss": 0.0, "mse": 0.0, "vb": 0.0}
+        per_sample = []
+        for s in range(0, len(idx), micro):
+            sl = slice(s, s + micro)
+            xb, tb, nb, wb = (v[sl].to(device) for v in (x0, t, noise, weights))
+            yb = y[sl].to(device) if cfg.unet.num_classes is not None else None
+            with precision.autocast():
+                terms = training_losses(schedule, lambda xt, tt: model(xt, tt, yb), xb, tb, noise=nb,
+                                        loss_type=cfg.diffusion.loss_type, learn_sigma=cfg.unet.learn_sigma)
+                loss = (terms["loss"].float() * wb).sum() / len(idx)  # full-batch mean over micro-batches
+            precision.backward(loss)
+            per_sample.append(terms["loss"].detach().float().cpu())
+            for k in totals:
+                if k in terms:
+                    totals[k] += float(terms[k].detach().float().sum()) / len(idx)
+        ts_sampler.update(t, torch.cat(per_sample))
+        if not all(map(_finite, totals.values())):
+            bad_streak += 1
+            if tc.precision != "fp16" or bad_streak > 20:
+                raise NonFiniteLoss(
+                    f"train: loss became non-finite at step {step + 1} ({totals}); stopping. The last good "
+                    f"checkpoint is kept: {ckpts.latest()}. Try a lower train.lr or train.precision fp32."
+                )
+        else:
+            bad_streak = 0
+        stepped, gnorm = precision.step(opt, params, tc.grad_clip)
+        if stepped:
+            for r in tc.ema_rates:
+                ema_update(ema[str(r)], model, ema_rate(r, ema_updates, tc.ema_warmup))
+            ema_updates += 1
+        seen += len(idx)
+        done = step + 1
+        if done % tc.log_every == 0 or done == tc.steps:
+            elapsed = time.perf_counter() - t0
+            row = {"step": done, **totals, "lr": opt.param_groups[0]["lr"], "grad_norm": gnorm,
+                   "loss_scale": precision.scaler.get_scale() if precision.scaler.is_enabled() else 1.0,
+                   "images_per_s": seen / max(elapsed, 1e-9)}
+            log.append(row)
+            if on_log:
+                on_log(done, row)
+        progress.advance(loss=totals["loss"])
+        if done % tc.checkpoint_every == 0 or done == tc.steps:
+            ckpts.save(done, payload(done))
+            log.write()
+
+    final = run_dir / MODEL_FILE
+    if start < tc.steps or not final.exists():
+        from gdm.io import save_checkpoint
+
+        full = payload(tc.steps)
+        save_checkpoint(final, {k: full[k] for k in ("format", "kind", "model_kwargs", "model", "ema", "ema_use",
+                                                     "step", "config", "data")})
+    log.write()
+    return {"model": str(final), "steps": tc.steps, "resumed_from": start, **log.last()}
+
+
+def _finite(v: float) -> bool:
+    return v == v and abs(v) != float("inf")
+
+
+def _data_info(manifest) -> dict[str, Any]:
+    return {"dataset": str(manifest.path), "content_hash": manifest.content_hash,
+            "resolution": manifest.resolution, "channels": manifest.channels,
+            "num_classes": manifest.num_classes}
