@@ -166,6 +166,9 @@ def make_random_inception_weights(path: str | os.PathLike, seed: int = 0) -> Pat
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = _NoLoad(EXTRACTOR_NAME, ["2048"], feature_extractor_weights_path=str(empty))
+            for module in model.modules():  # He init keeps activations O(1) through the depth
+                if isinstance(module, torch.nn.Conv2d):
+                    torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     return path

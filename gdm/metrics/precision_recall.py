@@ -21,7 +21,10 @@ DEFAULT_BLOCK_BYTES = 1 << 28  # 256 MiB per float64 distance block
 
 
 def _sq_dists(a: np.ndarray, a_sq: np.ndarray, b: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
-    d = a_sq[:, None] - 2.0 * (a @ b.T) + b_sq[None, :]
+    d = a @ b.T  # one block; the rest is done in place
+    d *= -2.0
+    d += a_sq[:, None]
+    d += b_sq[None, :]
     return np.maximum(d, 0.0, out=d)
 
 
