@@ -1,8 +1,9 @@
-import pytest
+"""Shared helpers for the gdm.nn tests (a uniquely named module, not a conftest)."""
+
 import torch
 
 
-def _randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+def randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Give every parameter (zero-initialised ones included) seeded nonzero values:
     norm weights 1 + N(0, 0.1), biases N(0, 0.1), other weights N(0, 1/fan_in)."""
     g = torch.Generator().manual_seed(seed)
@@ -19,18 +20,8 @@ def _randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return module
 
 
-@pytest.fixture
-def randomize():
-    return _randomize
-
-
 def tiny_unet_kwargs(**overrides):
     kw = {"image_size": 16, "in_channels": 3, "model_channels": 32, "channel_mult": (1, 2),
           "num_res_blocks": 1, "attention_resolutions": (8,), "num_head_channels": 32}
     kw.update(overrides)
     return kw
-
-
-@pytest.fixture
-def tiny_kwargs():
-    return tiny_unet_kwargs

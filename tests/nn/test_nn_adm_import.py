@@ -2,7 +2,7 @@ import os
 
 import pytest
 import torch
-from conftest import tiny_unet_kwargs
+from nn_helpers import tiny_unet_kwargs
 
 from gdm.errors import CheckpointError
 from gdm.io import load_checkpoint, sha256_file

@@ -2,7 +2,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import tiny_unet_kwargs
+from nn_helpers import tiny_unet_kwargs
 
 from gdm.errors import ConfigError, GdmError
 from gdm.nn import SuperResUNet, UNet
@@ -168,3 +168,18 @@ def test_superres_unet(randomize):
     torch.testing.assert_close(model(x, t, low, y), plain(torch.cat([x, up], 1), t, y))
     with pytest.raises(GdmError, match="low_res"):
         model(x, t, low[:, :1], y)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_autocast_close_to_fp32(dtype, randomize):
+    model = randomize(UNet(**tiny_unet_kwargs(num_classes=3, attention_order="new")), seed=8)
+    model = model.cuda().eval()
+    x = torch.randn(4, 3, 16, 16, device="cuda")
+    t, y = torch.tensor([0, 10, 500, 999], device="cuda"), torch.tensor([0, 1, 2, 0], device="cuda")
+    ref = model(x, t, y)
+    with torch.autocast("cuda", dtype=dtype):
+        low = model(x, t, y)
+    assert low.dtype == torch.float32
+    assert (low - ref).norm() / ref.norm() < 0.05
