@@ -43,11 +43,10 @@ def find_inception_weights(
     """
     if weights is not None:
         base = Path(weights).expanduser()
-        candidates = (
-            [base]
-            if base.suffix == ".pth"
-            else [base / WEIGHTS_FILENAME, base / "checkpoints" / WEIGHTS_FILENAME]
-        )
+        if base.is_file() or base.suffix in (".pth", ".pt"):
+            candidates = [base]  # the file itself, whatever its name
+        else:
+            candidates = [base / WEIGHTS_FILENAME, base / "checkpoints" / WEIGHTS_FILENAME]
     else:
         hub = Path(hub_dir).expanduser() if hub_dir is not None else Path(torch.hub.get_dir())
         candidates = [hub / "checkpoints" / WEIGHTS_FILENAME, hub / WEIGHTS_FILENAME]

@@ -82,6 +82,8 @@ def test_find_in_folder_and_hub_cache(tmp_path, weights, monkeypatch):
     folder.mkdir()
     (folder / WEIGHTS_FILENAME).symlink_to(weights)
     assert find_inception_weights(folder) == folder / WEIGHTS_FILENAME
+    (folder / "renamed.bin").symlink_to(weights)
+    assert find_inception_weights(folder / "renamed.bin") == folder / "renamed.bin"
     hub = tmp_path / "hub"
     (hub / "checkpoints").mkdir(parents=True)
     (hub / "checkpoints" / WEIGHTS_FILENAME).symlink_to(weights)
