@@ -120,10 +120,10 @@ def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, 
             log.append(row)
             if on_log:
                 on_log(done, row)
-        progress.advance(loss=loss.item())
         if done % tc.checkpoint_every == 0 or done == tc.steps:
             ckpts.save(done, payload(done))
             log.write()
+        progress.advance(loss=loss.item())
 
     final = run_dir / MODEL_FILE
     if start < tc.steps or not final.exists():

@@ -135,10 +135,10 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
             log.append(row)
             if on_log:
                 on_log(done, row)
-        progress.advance(loss=totals["loss"])
         if done % tc.checkpoint_every == 0 or done == tc.steps:
             ckpts.save(done, payload(done))
             log.write()
+        progress.advance(loss=totals["loss"])
 
     final = run_dir / MODEL_FILE
     if start < tc.steps or not final.exists():
