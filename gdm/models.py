@@ -34,9 +34,8 @@ def classifier_kwargs(cfg: ClassifierConfig, image_size: int, channels: int, num
 
 def build(kind: str, kwargs: dict[str, Any]) -> torch.nn.Module:
     from gdm.nn import EncoderUNet, SuperResUNet, UNet
-    from gdm.metrics.evaluator import EvaluatorNet
 
-    classes = {"unet": UNet, "superres": SuperResUNet, "classifier": EncoderUNet, "evaluator": EvaluatorNet}
+    classes = {"unet": UNet, "superres": SuperResUNet, "classifier": EncoderUNet}
     if kind not in classes:
         raise CheckpointError(f"unknown model kind {kind!r}; expected one of {sorted(classes)}")
     return classes[kind](**kwargs)

@@ -117,3 +117,33 @@ def sample(cfg: Config, variant: str, scale: float, *, unet: Path | None = None,
         result = run(unet, out, cfg.sample, scale, classifier_path=classifier, progress=bar)
     write_config(cfg, out)
     return result
+
+
+def evaluator_path(cfg: Config) -> Path:
+    from gdm.evaluation import EVALUATOR_FILE
+
+    return runs(cfg) / "evaluator" / EVALUATOR_FILE
+
+
+def train_evaluator(cfg: Config, *, out: Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Stage `train-evaluator`: the independent clean classifier that scores samples."""
+    from gdm.evaluation import train_evaluator_model
+
+    out = Path(out) if out else runs(cfg) / "evaluator"
+    write_config(cfg, out)
+    with progress_bar("train-evaluator", cfg.evaluator.steps, enabled=progress) as bar:
+        return train_evaluator_model(cfg, dataset_dir(cfg), out, progress=bar)
+
+
+def evaluate(cfg: Config, samples: Path, *, reference: Path | None = None, out: Path | None = None,
+             evaluator: Path | None = None, require_accuracy: bool = False) -> dict[str, Any]:
+    """Stage `evaluate`: FID, sFID, IS, precision/recall, KID, accuracy of one sample file."""
+    from gdm.evaluation import evaluate_file
+    from gdm.io import write_json
+
+    reference = Path(reference) if reference else dataset_dir(cfg)
+    evaluator = evaluator or (evaluator_path(cfg) if cfg.eval.features == "evaluator" else None)
+    metrics = evaluate_file(cfg, samples, reference, evaluator=evaluator, require_accuracy=require_accuracy)
+    if out is not None:
+        write_json(out, {**metrics, "config": cfg.to_dict()})
+    return metrics

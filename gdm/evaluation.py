@@ -1,0 +1,173 @@
+"""Scoring samples: feature extractors, cached reference features, and the metrics of a sample file.
+
+Extractors (`eval.features`):
+- `evaluator`: an independent clean classifier trained by `gdm train-evaluator` (never the guidance
+  classifier): penultimate pre-activation features for FID/precision/recall/KID, an intermediate map
+  for the sFID analogue, logits for IS and the accuracy of samples on their requested labels;
+- `inception`: torch-fidelity's Inception-V3 (TF-exact resize) from a local weights file or the
+  torch hub cache, never downloaded: pool_3, unbiased logits (IS) and Mixed_6d spatial features.
+Reference features are cached per (dataset content hash, split, extractor, extractor weights hash).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from gdm.config import Config
+from gdm.data.dataset import load_split_uint8, read_manifest
+from gdm.errors import DataError, GdmError
+from gdm.io import sha256_file, write_json
+from gdm.metrics import StatsCache, StatsKey, compute_metrics, read_reference_stats, read_samples
+from gdm.metrics.evaluator import EvaluatorNet, extract_features, load_evaluator, save_evaluator, train_evaluator
+from gdm.metrics.evaluator import uint8_to_float
+from gdm.progress import SILENT, Bar
+
+EVALUATOR_FILE = "evaluator.pt"
+MIN_SAMPLES = 5  # precision/recall with k = 3 needs k + 1 points in each set
+
+
+@dataclass
+class Extractor:
+    name: str
+    weights_hash: str
+    features: Callable[[np.ndarray], dict[str, np.ndarray]]  # uint8 NHWC -> {pool, spatial, logits...}
+    image_shape: tuple[int, int, int] | None  # (H, W, C) it expects, None = any
+    gives_labels: bool  # logits are dataset class ids (accuracy possible)
+
+
+def train_evaluator_model(cfg: Config, dataset_dir: str | Path, out_dir: str | Path,
+                          progress: Bar = SILENT) -> dict[str, Any]:
+    """Train the clean evaluator classifier on the training split; report validation accuracy."""
+    ec = cfg.evaluator
+    m = read_manifest(dataset_dir)
+    if m.num_classes < 2:
+        raise GdmError(f"train-evaluator: dataset {m.path} has no class labels")
+    xtr, ytr = load_split_uint8(dataset_dir, "train")
+    xva, yva = load_split_uint8(dataset_dir, "val")
+    torch.manual_seed(ec.seed)
+    net = EvaluatorNet(image_size=m.resolution, in_channels=m.channels, num_classes=m.num_classes,
+                       width=ec.width, feature_dim=ec.feature_dim, seed=ec.seed)
+    metrics = train_evaluator(
+        net, uint8_to_float(xtr), torch.from_numpy(ytr), uint8_to_float(xva), torch.from_numpy(yva),
+        steps=ec.steps, batch_size=ec.batch_size, lr=ec.lr, generator=torch.Generator().manual_seed(ec.seed),
+        progress=lambda step, total, loss: progress.advance(loss=loss),
+    )
+    metrics.update(dataset_hash=m.content_hash, train_images=len(ytr), val_images=len(yva))
+    out = Path(out_dir) / EVALUATOR_FILE
+    save_evaluator(out, net, metrics)
+    write_json(Path(out_dir) / "metrics.json", metrics)
+    return {"model": str(out), **metrics}
+
+
+def evaluator_extractor(path: str | Path, batch_size: int) -> Extractor:
+    path = Path(path)
+    if not path.is_file():
+        raise GdmError(f"evaluator checkpoint not found: {path} (run `gdm train-evaluator` first)")
+    net, _ = load_evaluator(path)
+    c = net.config
+    return Extractor("evaluator", sha256_file(path),
+                     lambda imgs: extract_features(net, uint8_to_float(imgs), batch_size),
+                     (c["image_size"], c["image_size"], c["in_channels"]), True)
+
+
+def inception_extractor(weights: str | None, batch_size: int) -> Extractor:
+    from gdm.metrics import load_inception
+
+    inc = load_inception(weights)
+
+    def feats(imgs: np.ndarray) -> dict[str, np.ndarray]:
+        nchw = torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2)
+        return {k: np.asarray(v, dtype=np.float64) for k, v in inc.extract(nchw, batch_size).items()}
+
+    return Extractor("inception", inc.weights_sha256, feats, None, False)
+
+
+def make_extractor(cfg: Config, evaluator_path: str | Path | None) -> Extractor:
+    if cfg.eval.features == "inception":
+        return inception_extractor(cfg.eval.inception_weights, cfg.eval.batch_size)
+    path = evaluator_path or Path(cfg.pipeline.runs_dir) / "evaluator" / EVALUATOR_FILE
+    return evaluator_extractor(path, cfg.eval.batch_size)
+
+
+def _check_shape(images: np.ndarray, ex: Extractor, what: str) -> None:
+    if ex.image_shape is not None and tuple(images.shape[1:]) != ex.image_shape:
+        raise DataError(
+            f"{what}: images are {tuple(images.shape[1:])} (H, W, C) but the {ex.name} extractor expects "
+            f"{ex.image_shape}: samples and reference must have the same resolution and channels"
+        )
+
+
+def dataset_features(ex: Extractor, dataset_dir: str | Path, split: str, cache_dir: str | Path) -> dict:
+    """Features of a prepared split, computed once per (content hash, split, extractor, weights)."""
+    m = read_manifest(dataset_dir)
+    cache = StatsCache(cache_dir)
+    key = StatsKey(m.content_hash, split, ex.name, ex.weights_hash)
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+    images, _ = load_split_uint8(dataset_dir, split)
+    _check_shape(images, ex, f"{dataset_dir} ({split})")
+    feats = ex.features(images)
+    cache.put(key, feats)
+    return feats
+
+
+def reference_features(ex: Extractor, reference: str | Path, split: str, cache_dir: str | Path) -> dict:
+    """A prepared dataset directory, or an ADM reference batch `.npz` (with or without mu/sigma)."""
+    ref = Path(reference)
+    if ref.is_dir():
+        return dataset_features(ex, ref, split, cache_dir)
+    if ref.suffix != ".npz" or not ref.is_file():
+        raise DataError(f"reference {ref}: expected a prepared dataset directory or an ADM .npz reference batch")
+    stats = read_reference_stats(ref)
+    if stats is not None and ex.name == "inception":
+        return stats
+    images, _ = read_samples(ref)
+    _check_shape(images, ex, str(ref))
+    return ex.features(images)
+
+
+def evaluate_file(cfg: Config, samples: str | Path, reference: str | Path, *, evaluator: str | Path | None = None,
+                  split: str | None = None, require_accuracy: bool = False) -> dict[str, Any]:
+    """All metrics of one ADM sample file against a reference; records N and the extractor."""
+    images, labels = read_samples(samples)
+    if len(images) < MIN_SAMPLES:
+        raise DataError(f"{samples}: {len(images)} samples; at least {MIN_SAMPLES} are needed for the metrics")
+    ex = make_extractor(cfg, evaluator)
+    _check_shape(images, ex, str(samples))
+    split = split or cfg.eval.reference
+    ref = reference_features(ex, reference, split, cfg.eval.cache_dir)
+    feats = ex.features(images)
+    has_labels = labels is not None and (labels >= 0).all()
+    if require_accuracy and not (has_labels and ex.gives_labels):
+        why = "it has no arr_1 labels" if not has_labels else f"the {ex.name} extractor has no dataset classes"
+        raise DataError(f"{samples}: class accuracy was asked for but {why}")
+    metrics = compute_metrics(
+        feats, ref, requested_labels=labels if has_labels and ex.gives_labels else None,
+        kid_subset_size=cfg.eval.kid_subset_size, kid_subsets=cfg.eval.kid_subsets,
+    )
+    metrics["is"] = metrics["is_mean"]
+    metrics.update(features=ex.name, extractor_sha256=ex.weights_hash, samples=str(samples),
+                   reference=str(reference), reference_split=split if Path(reference).is_dir() else None)
+    return metrics
+
+
+def write_reference_batch(cfg: Config, dataset_dir: str | Path, out: str | Path, split: str,
+                          evaluator: str | Path | None = None) -> Path:
+    """Write a prepared split as an ADM reference batch (arr_0 images, arr_1 labels, mu/sigma/mu_s/sigma_s)."""
+    from gdm.metrics import feature_statistics, write_reference_batch as write
+
+    images, labels = load_split_uint8(dataset_dir, split)
+    ex = make_extractor(cfg, evaluator)
+    feats = dataset_features(ex, dataset_dir, split, cfg.eval.cache_dir)
+    mu, sigma = feature_statistics(feats["pool"])
+    stats = {"mu": mu, "sigma": sigma}
+    if "spatial" in feats:
+        stats["mu_s"], stats["sigma_s"] = feature_statistics(feats["spatial"])
+    write(out, images, stats, labels=labels)
+    return Path(out)
