@@ -6,6 +6,7 @@ AdaGN, BigGAN up/down, learned sigma). The training step is forward + MSE on the
 the report gives the median of the rounds and the bf16/fp32 ratio measured in this same run.
 
     .venv/bin/python benchmarks/bench_unet.py [--batch 16] [--rounds 5] [--device cpu]
+        [--channels-last]
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--channels-last", action="store_true",
+                    help="model weights and input in channels_last memory format")
     args = ap.parse_args()
     device = args.device
     torch.manual_seed(args.seed)
@@ -75,6 +78,9 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(args.seed)
     x = torch.randn(args.batch, 3, 32, 32, generator=g).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
     t = torch.randint(0, 1000, (args.batch,), generator=g).to(device)
     precisions = ["fp32", "bf16"]
     times: dict[str, list[float]] = {f"{k}-{p}": [] for k in ("forward", "train") for p in
@@ -88,6 +94,7 @@ def main() -> None:
                 times[f"train-{p}"].append(step)
     report = {
         "device": device, "threads": torch.get_num_threads(), "batch": args.batch,
+        "channels_last": args.channels_last,
         "parameters": count_parameters(model), "rounds": args.rounds,
         "images_per_s": {k: args.batch / statistics.median(v) for k, v in times.items()},
     }
