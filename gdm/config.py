@@ -8,6 +8,7 @@ param name. Validation errors name the key path, the bad value and what is allow
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gdm.errors import ConfigError
 
 DEFAULT_PARAMS = "params.yaml"
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 class _Section(BaseModel):
@@ -247,9 +249,25 @@ class PipelineConfig(_Section):
         default_factory=lambda: {"cond": {}, "uncond": {"unet.num_classes": None}}
     )
     samplers: tuple[Literal["ddpm", "ddim"], ...] = ("ddim",)
-    # Architecture ablations (Table 1/2, AdaGN): name -> dotted overrides applied to the base.
+    # Architecture ablations (Tables 1-3): `ablation_base` overrides first, then the variant's own.
+    ablation_base: dict[str, Any] = Field(default_factory=dict)
     ablations: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    baseline: str = "base"
+    baseline: str = "base"  # the ablation every other one is compared with (delta FID)
+
+    @model_validator(mode="after")
+    def _names(self) -> "PipelineConfig":
+        reserved = {"classifier", "evaluator"}
+        for name in list(self.models) + list(self.ablations):
+            if not _NAME_RE.match(name) or name in reserved:
+                raise ValueError(
+                    f"pipeline variant name {name!r} must match [A-Za-z0-9_-]+ and not be one of {sorted(reserved)}"
+                )
+        both = set(self.models) & set(self.ablations)
+        if both:
+            raise ValueError(f"pipeline.models and pipeline.ablations share names {sorted(both)}")
+        if self.ablations and self.baseline not in self.ablations:
+            raise ValueError(f"pipeline.baseline {self.baseline!r} is not one of pipeline.ablations {sorted(self.ablations)}")
+        return self
 
 
 class Config(_Section):
@@ -297,6 +315,25 @@ class Config(_Section):
         for key, value in overrides.items():
             set_dotted(raw, key, value, origin=origin)
         return validate(raw, origin=origin)
+
+    def variant(self, name: str) -> "Config":
+        """The config of a model variant: `pipeline.models[name]`, or for an ablation
+        `pipeline.ablation_base` then `pipeline.ablations[name]`."""
+        p = self.pipeline
+        if name in p.models:
+            return self.with_overrides(p.models[name], origin=f"pipeline.models.{name}")
+        if name in p.ablations:
+            return self.with_overrides({**p.ablation_base, **p.ablations[name]}, origin=f"pipeline.ablations.{name}")
+        raise ConfigError(
+            f"unknown variant '{name}'; known: pipeline.models {sorted(p.models)}, "
+            f"pipeline.ablations {sorted(p.ablations)}"
+        )
+
+    def check_variants(self) -> "Config":
+        """Validate every declared variant once, at load (errors name the variant and key)."""
+        for name in list(self.pipeline.models) + list(self.pipeline.ablations):
+            self.variant(name)
+        return self
 
 
 def _check_attention(section: str, attn: tuple[int, ...], resolution: int, levels: int) -> None:
@@ -352,7 +389,8 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any, origin: str = "overrid
             raise ConfigError(f"{origin}: unknown section '{where}'; known sections: {known}")
         node = node[part]
     leaf = parts[-1]
-    if leaf not in node and parts[0] not in ("pipeline",):
+    if leaf not in node and parts[:2] not in (["pipeline", "models"], ["pipeline", "ablations"],
+                                              ["pipeline", "ablation_base"]):
         raise ConfigError(
             f"{origin}: unknown key '{key}'; known keys in '{'.'.join(parts[:-1])}': {sorted(node)}"
         )
@@ -445,4 +483,4 @@ def load_config(
         for key, value in items:
             set_dotted(full, key, value, origin=f"--set {key}")
         cfg = validate(full, origin=f"{path} with --set overrides")
-    return cfg
+    return cfg.check_variants()

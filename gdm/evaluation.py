@@ -132,9 +132,22 @@ def reference_features(ex: Extractor, reference: str | Path, split: str, cache_d
     return ex.features(images)
 
 
+def sample_file(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.npz"))
+        if len(found) != 1:
+            raise DataError(f"{path}: expected exactly one .npz sample file in the directory, found {len(found)}")
+        return found[0]
+    if not path.is_file():
+        raise DataError(f"sample file not found: {path}")
+    return path
+
+
 def evaluate_file(cfg: Config, samples: str | Path, reference: str | Path, *, evaluator: str | Path | None = None,
                   split: str | None = None, require_accuracy: bool = False) -> dict[str, Any]:
-    """All metrics of one ADM sample file against a reference; records N and the extractor."""
+    """All metrics of one ADM sample file (or a directory holding one) against a reference."""
+    samples = sample_file(samples)
     images, labels = read_samples(samples)
     if len(images) < MIN_SAMPLES:
         raise DataError(f"{samples}: {len(images)} samples; at least {MIN_SAMPLES} are needed for the metrics")

@@ -10,6 +10,7 @@ and the UNet: `cond_fn = classifier_guidance(classifier, scale, y)`.
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,7 @@ def sample(unet_path: str | Path, out_dir: str | Path, sc: SampleConfig, scale: 
     chunk_dir = out_dir / f".{name}.chunks"
     n_chunks = (sc.num_samples + sc.chunk_size - 1) // sc.chunk_size
     progress.advance(sum(_chunk_len(sc, c) for c in range(n_chunks) if (chunk_dir / f"{c:05d}.npz").exists()))
+    generated, t0 = 0, time.perf_counter()
     for c in range(n_chunks):
         path = chunk_dir / f"{c:05d}.npz"
         if path.exists():
@@ -98,9 +100,11 @@ def sample(unet_path: str | Path, out_dir: str | Path, sc: SampleConfig, scale: 
             y = torch.from_numpy(labels[b : b + sc.batch_size]).to(device)
             x = _sample_batch(model, classifier, schedule, sc, scale, bi, y, shape, kw, device)
             images.append(to_uint8(x))
+            generated += len(bi)
             progress.advance(len(bi))
         write_samples(path, np.concatenate(images), labels)
-    return _assemble(out_dir, name, chunk_dir, n_chunks, sc, scale, unet_path, classifier_path, cfg)
+    timing = {"seconds_per_image": (time.perf_counter() - t0) / generated} if generated else {}
+    return _assemble(out_dir, name, chunk_dir, n_chunks, sc, scale, unet_path, classifier_path, cfg, timing)
 
 
 def _chunk_len(sc: SampleConfig, c: int) -> int:
@@ -128,7 +132,7 @@ def _sample_batch(model, classifier, schedule, sc: SampleConfig, scale: float, i
 
 
 def _assemble(out_dir: Path, name: str, chunk_dir: Path, n_chunks: int, sc: SampleConfig, scale: float,
-              unet_path: Path, classifier_path, cfg: dict) -> SampleRun:
+              unet_path: Path, classifier_path, cfg: dict, timing: dict) -> SampleRun:
     parts = [read_samples(chunk_dir / f"{c:05d}.npz") for c in range(n_chunks)]
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
@@ -136,7 +140,7 @@ def _assemble(out_dir: Path, name: str, chunk_dir: Path, n_chunks: int, sc: Samp
         "sampler": sc.sampler, "respacing": sc.respacing, "steps": _num_steps(cfg, sc), "eta": sc.eta,
         "scale": scale, "num_samples": len(images), "seed": sc.seed, "labels": sc.labels,
         "unet": str(unet_path), "classifier": str(classifier_path) if classifier_path and scale > 0 else None,
-        "sample_config": sc.model_dump(mode="json"), "config": cfg,
+        "sample_config": sc.model_dump(mode="json"), "config": cfg, **timing,
     }
     npz = out_dir / f"{name}.npz"
     write_samples(npz, images, labels)

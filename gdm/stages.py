@@ -19,7 +19,6 @@ from typing import Any, Callable
 import yaml
 
 from gdm.config import Config
-from gdm.errors import ConfigError
 from gdm.io import write_bytes
 from gdm.progress import progress_bar
 
@@ -32,19 +31,8 @@ def write_config(cfg: Config, directory: Path) -> Path:
     return path
 
 
-def variants(cfg: Config, include_ablations: bool = True) -> dict[str, dict[str, Any]]:
-    out = dict(cfg.pipeline.models)
-    if include_ablations:
-        out.update(cfg.pipeline.ablations)
-    return out
-
-
 def variant_config(cfg: Config, name: str) -> Config:
-    """The config of a model variant: `pipeline.models[name]` or `pipeline.ablations[name]` applied."""
-    known = variants(cfg)
-    if name not in known:
-        raise ConfigError(f"unknown variant '{name}'; known: {sorted(known)} (pipeline.models / pipeline.ablations)")
-    return cfg.with_overrides(known[name], origin=f"variant '{name}'")
+    return cfg.variant(name)
 
 
 def dataset_dir(cfg: Config) -> Path:

@@ -70,6 +70,7 @@ def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, 
     precision = Precision(tc.precision, device)
     ckpts = CheckpointDir(run_dir / "checkpoints", tc.keep_checkpoints)
     log = MetricsLog(run_dir / "metrics.csv")
+    log.extra["num_parameters"] = sum(p.numel() for p in model.parameters())
     start = 0
     state = ckpts.load_latest() if resume else None
     if state is not None:
@@ -132,4 +133,4 @@ def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, 
                                                      "diffusion", "data")})
     log.write()
     last = {k: v for r in log.rows for k, v in r.items()}  # latest value of every column
-    return {"model": str(final), "steps": tc.steps, "resumed_from": start, **last}
+    return {"model": str(final), "steps": tc.steps, "resumed_from": start, **last, **log.extra}

@@ -60,6 +60,7 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
     precision = Precision(tc.precision, device)
     ckpts = CheckpointDir(run_dir / "checkpoints", tc.keep_checkpoints)
     log = MetricsLog(run_dir / "metrics.csv")
+    log.extra["num_parameters"] = sum(p.numel() for p in model.parameters())
     start, ema_updates = 0, 0
 
     state = ckpts.load_latest() if resume else None
@@ -148,7 +149,7 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
         save_checkpoint(final, {k: full[k] for k in ("format", "kind", "model_kwargs", "model", "ema", "ema_use",
                                                      "step", "config", "data")})
     log.write()
-    return {"model": str(final), "steps": tc.steps, "resumed_from": start, **log.last()}
+    return {"model": str(final), "steps": tc.steps, "resumed_from": start, **log.last(), **log.extra}
 
 
 def _finite(v: float) -> bool:

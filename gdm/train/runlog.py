@@ -14,6 +14,7 @@ class MetricsLog:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.rows: list[dict[str, Any]] = []
+        self.extra: dict[str, Any] = {}  # run-level figures written into the JSON beside the last row
         if self.path.is_file():
             with open(self.path, newline="") as f:
                 self.rows = [{k: _num(v) for k, v in r.items()} for r in csv.DictReader(f)]
@@ -37,7 +38,7 @@ class MetricsLog:
         w.writeheader()
         w.writerows(self.rows)
         write_bytes(self.path, buf.getvalue().encode())
-        write_json(self.path.with_suffix(".json"), self.last())
+        write_json(self.path.with_suffix(".json"), {**self.last(), **self.extra})
 
 
 def _num(v: str) -> Any:

@@ -1,0 +1,144 @@
+"""The pipeline DAG, declared once.
+
+`stage_graph(cfg)` expands the stages for the configured variants, samplers and guidance scales:
+names (as DVC names them: `train@cond`, `sample@cond-ddim-1.0`), the CLI command DVC runs, the
+dependencies, params and outputs, and the stage function the Prefect flows run. `dvc.yaml`
+expresses the same graph with `foreach`/`matrix`; a test checks that the two agree.
+
+    prepare -> train@<model> ---------------------------> sample@<model>-<sampler>-<scale> -> evaluate@... -> report
+            -> train-classifier ------------------------^                                  ^
+            -> train-evaluator ----------------------------------------------------------/
+    ablations: train@<ablation> -> sample-ablation@<ablation> -> evaluate-ablation@<ablation> -> ablation-report
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gdm.config import Config
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # DVC's name for the (expanded) stage
+    kind: str  # prepare | train | train-classifier | train-evaluator | sample | evaluate | report | ablation-report
+    args: dict = field(default_factory=dict)  # what the stage function needs: variant, sampler, scale
+    cmd: str = ""
+    deps: tuple[str, ...] = ()
+    params: tuple[str, ...] = ()
+    outs: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
+    plots: tuple[str, ...] = ()
+    upstream: tuple[str, ...] = ()  # names of stages whose outputs this one reads
+
+
+def scale_tag(scale: float) -> str:
+    """How a guidance scale appears in stage names and paths (as DVC renders a YAML float: 1.0)."""
+    return repr(float(scale))
+
+
+def paths(cfg: Config) -> dict[str, str]:
+    runs = cfg.pipeline.runs_dir
+    return {
+        "data": str(Path(cfg.data.out_dir) / cfg.data.dataset_name),
+        "classifier": f"{runs}/classifier",
+        "evaluator": f"{runs}/evaluator",
+        "reports": cfg.pipeline.reports_dir,
+    }
+
+
+def unet_run(cfg: Config, variant: str) -> str:
+    return f"{cfg.pipeline.runs_dir}/{variant}/unet"
+
+
+def sample_dir(cfg: Config, variant: str, sampler: str, scale: float) -> str:
+    return f"{cfg.pipeline.runs_dir}/{variant}/samples/{sampler}-{scale_tag(scale)}"
+
+
+def eval_dir(cfg: Config, ablation: bool = False) -> str:
+    return f"{cfg.pipeline.runs_dir}/{'ablation-eval' if ablation else 'eval'}"
+
+
+def eval_file(cfg: Config, variant: str, sampler: str, scale: float, ablation: bool = False) -> str:
+    return f"{eval_dir(cfg, ablation)}/{variant}-{sampler}-{scale_tag(scale)}.json"
+
+
+def _train(cfg: Config, variant: str, ablation: bool = False) -> Stage:
+    run = unet_run(cfg, variant)
+    p = paths(cfg)
+    params = ("pipeline.ablation_base", "pipeline.ablations") if ablation else ("pipeline.models",)
+    return Stage(
+        f"train{'-ablation' if ablation else ''}@{variant}", "train", {"variant": variant},
+        cmd=f"gdm train --quiet --variant {variant}",
+        deps=(p["data"],), params=("unet", "diffusion", "train") + params,
+        outs=(f"{run}/model.pt", f"{run}/checkpoints"), metrics=(f"{run}/metrics.json",),
+        plots=(f"{run}/metrics.csv",), upstream=("prepare",),
+    )
+
+
+def _sample_eval(cfg: Config, variant: str, sampler: str, scale: float, ablation: bool = False) -> list[Stage]:
+    p = paths(cfg)
+    suffix, tag = ("-ablation", variant) if ablation else ("", f"{variant}-{sampler}-{scale_tag(scale)}")
+    sdir, efile = sample_dir(cfg, variant, sampler, scale), eval_file(cfg, variant, sampler, scale, ablation)
+    args = {"variant": variant, "sampler": sampler, "scale": float(scale)}
+    guided = () if ablation else (f"{p['classifier']}/classifier.pt",)  # ablations sample unguided
+    sample = Stage(
+        f"sample{suffix}@{tag}", "sample", args,
+        cmd=f"gdm sample --quiet --variant {variant} --sampler {sampler} --scale {scale_tag(scale)} --out {sdir}",
+        deps=(f"{unet_run(cfg, variant)}/model.pt",) + guided,
+        params=("sample",), outs=(sdir,), upstream=(f"train-ablation@{variant}",) if ablation else (f"train@{variant}", "train-classifier"),
+    )
+    evaluate = Stage(
+        f"evaluate{suffix}@{tag}", "evaluate", args,
+        cmd=f"gdm evaluate --samples {sdir} --out {efile}",
+        deps=(sdir, f"{p['evaluator']}/evaluator.pt", p["data"]), params=("eval",),
+        metrics=(efile,), upstream=(f"sample{suffix}@{tag}", "train-evaluator"),
+    )
+    return [sample, evaluate]
+
+
+def stage_graph(cfg: Config, *, ablations: bool = True) -> list[Stage]:
+    """All stages in a valid execution order (upstream first)."""
+    p = paths(cfg)
+    pc = cfg.pipeline
+    stages = [
+        Stage("prepare", "prepare", cmd="gdm prepare --quiet", params=("data",), outs=(p["data"],)),
+        Stage("train-classifier", "train-classifier", cmd="gdm train-classifier --quiet", deps=(p["data"],),
+              params=("classifier", "classifier_train", "diffusion"),
+              outs=(f"{p['classifier']}/classifier.pt", f"{p['classifier']}/checkpoints"),
+              metrics=(f"{p['classifier']}/metrics.json",), plots=(f"{p['classifier']}/metrics.csv",),
+              upstream=("prepare",)),
+        Stage("train-evaluator", "train-evaluator", cmd="gdm train-evaluator --quiet", deps=(p["data"],),
+              params=("evaluator",), outs=(f"{p['evaluator']}/evaluator.pt",),
+              metrics=(f"{p['evaluator']}/metrics.json",), upstream=("prepare",)),
+    ]
+    stages += [_train(cfg, v) for v in pc.models]
+    evals = []
+    for v in pc.models:
+        for s in pc.samplers:
+            for c in cfg.sample.scales:
+                pair = _sample_eval(cfg, v, s, c)
+                stages += pair
+                evals.append(pair[1])
+    stages.append(Stage(
+        "report", "report", cmd="gdm report --quiet", deps=(eval_dir(cfg),),
+        params=("pipeline.models", "pipeline.samplers", "sample.scales"),
+        metrics=(f"{p['reports']}/summary.json",),
+        plots=(f"{p['reports']}/tradeoff.png", f"{p['reports']}/tradeoff.csv"),
+        upstream=tuple(e.name for e in evals),
+    ))
+    if ablations and pc.ablations:
+        abl_evals = []
+        for a in pc.ablations:
+            stages.append(_train(cfg, a, ablation=True))
+            pair = _sample_eval(cfg, a, cfg.sample.sampler, 0.0, ablation=True)
+            stages += pair
+            abl_evals.append(pair[1])
+        stages.append(Stage(
+            "ablation-report", "ablation-report", cmd="gdm report --ablations --quiet",
+            deps=(eval_dir(cfg, True),), params=("pipeline.ablations", "pipeline.baseline"),
+            metrics=(f"{p['reports']}/ablation.json",), plots=(f"{p['reports']}/ablation.png",),
+            upstream=tuple(e.name for e in abl_evals),
+        ))
+    return stages
