@@ -13,13 +13,16 @@ produces (`config.yaml`). Directory layout (under `pipeline.runs_dir`):
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from gdm.config import Config
-from gdm.io import write_bytes
+from gdm.io import read_json, write_bytes
 from gdm.progress import progress_bar
 
 OnLog = Callable[[int, dict[str, Any]], None]
@@ -57,27 +60,79 @@ def prepare(cfg: Config, progress: bool = True) -> Path:
         return prepare_dataset(cfg.data, progress=bar)
 
 
+@contextlib.contextmanager
+def tracked(cfg: Config, stage: str, name: str, parent_run_id: str | None = None) -> Iterator[Any]:
+    """An MLflow run for one stage (a child of `parent_run_id` or of $GDM_PARENT_RUN_ID when set).
+
+    Tracking never loses work: with tracking disabled or its backend unreachable the handle is a
+    no-op and the stage's local outputs are all there is (the tracker says so once).
+    """
+    from gdm.tracking import Tracker, default_tags
+
+    parent = parent_run_id or os.environ.get("GDM_PARENT_RUN_ID") or None
+    data_hash = None
+    manifest = dataset_dir(cfg) / "manifest.json"
+    if manifest.is_file():
+        data_hash = read_json(manifest).get("content_hash")
+    tracker = Tracker(cfg.tracking)
+    run = tracker.start_run(name, parent_run_id=parent, tags=default_tags(stage, data_hash))
+    with run:
+        yield run
+
+
+def _log_rows(run, on_log: OnLog | None) -> OnLog:
+    def log(step: int, row: dict[str, Any]) -> None:
+        run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
+        if on_log:
+            on_log(step, row)
+
+    return log
+
+
+def _register(cfg: Config, run, name: str, artifact_path: str) -> str | None:
+    if not cfg.tracking.register_models:
+        return None
+    return run.register_model(name, artifact_path, cfg.tracking.aliases)
+
+
 def train(cfg: Config, variant: str, *, out: Path | None = None, resume: bool = True, progress: bool = True,
-          on_log: OnLog | None = None) -> dict[str, Any]:
+          on_log: OnLog | None = None, parent_run_id: str | None = None) -> dict[str, Any]:
     """Stage `train@<variant>`: the diffusion UNet of one variant."""
     from gdm.train.diffusion import train_diffusion
 
     vcfg = variant_config(cfg, variant)
     out = Path(out) if out else unet_dir(cfg, variant)
-    write_config(vcfg, out)
-    with progress_bar(f"train {variant}", vcfg.train.steps, enabled=progress) as bar:
-        return train_diffusion(vcfg, dataset_dir(cfg), out, resume=resume, progress=bar, on_log=on_log)
+    cfg_file = write_config(vcfg, out)
+    with tracked(vcfg, "train", f"train@{variant}", parent_run_id) as run:
+        run.log_params(vcfg.flat())
+        run.set_tags({"gdm.variant": variant})
+        with progress_bar(f"train {variant}", vcfg.train.steps, enabled=progress) as bar:
+            result = train_diffusion(vcfg, dataset_dir(cfg), out, resume=resume, progress=bar,
+                                     on_log=_log_rows(run, on_log))
+        for f in (Path(result["model"]), cfg_file, out / "metrics.csv"):
+            run.log_artifact(f, "model")
+        result["model_version"] = _register(vcfg, run, f"{cfg.tracking.unet_model_name}-{variant}", "model")
+        result["mlflow_run_id"] = run.id
+    return result
 
 
 def train_classifier(cfg: Config, *, out: Path | None = None, resume: bool = True, progress: bool = True,
-                     on_log: OnLog | None = None) -> dict[str, Any]:
+                     on_log: OnLog | None = None, parent_run_id: str | None = None) -> dict[str, Any]:
     """Stage `train-classifier`: the noisy classifier used for guidance."""
-    from gdm.train.classifier import train_classifier as run
+    from gdm.train.classifier import train_classifier as run_training
 
     out = Path(out) if out else runs(cfg) / "classifier"
-    write_config(cfg, out)
-    with progress_bar("train-classifier", cfg.classifier_train.steps, enabled=progress) as bar:
-        return run(cfg, dataset_dir(cfg), out, resume=resume, progress=bar, on_log=on_log)
+    cfg_file = write_config(cfg, out)
+    with tracked(cfg, "train-classifier", "train-classifier", parent_run_id) as run:
+        run.log_params(cfg.flat())
+        with progress_bar("train-classifier", cfg.classifier_train.steps, enabled=progress) as bar:
+            result = run_training(cfg, dataset_dir(cfg), out, resume=resume, progress=bar,
+                                  on_log=_log_rows(run, on_log))
+        for f in (Path(result["model"]), cfg_file, out / "metrics.csv"):
+            run.log_artifact(f, "model")
+        result["model_version"] = _register(cfg, run, cfg.tracking.classifier_model_name, "model")
+        result["mlflow_run_id"] = run.id
+    return result
 
 
 def classifier_path(cfg: Config) -> Path:
@@ -92,18 +147,31 @@ def unet_path(cfg: Config, variant: str) -> Path:
     return unet_dir(cfg, variant) / MODEL_FILE
 
 
+SMALL_NPZ = 8 << 20  # sample files up to this size are logged to MLflow as artifacts
+
+
 def sample(cfg: Config, variant: str, scale: float, *, unet: Path | None = None, classifier: Path | None = None,
-           out: Path | None = None, progress: bool = True):
-    """Stage `sample@<variant>-<scale>`: samples of one variant at one guidance scale."""
-    from gdm.sampling import sample as run
+           out: Path | None = None, progress: bool = True, parent_run_id: str | None = None):
+    """Stage `sample@<variant>-<sampler>-<scale>`: samples of one variant at one guidance scale."""
+    from gdm.pipeline import sample_dir
+    from gdm.sampling import sample as run_sampling
 
     unet = Path(unet) if unet else unet_path(cfg, variant)
     if classifier is None and scale > 0:
         classifier = classifier_path(cfg)
-    out = Path(out) if out else runs(cfg) / variant / "samples"
-    with progress_bar(f"sample {variant} scale {scale:g}", cfg.sample.num_samples, enabled=progress) as bar:
-        result = run(unet, out, cfg.sample, scale, classifier_path=classifier, progress=bar)
-    write_config(cfg, out)
+    out = Path(out) if out else Path(sample_dir(cfg, variant, cfg.sample.sampler, scale))
+    name = f"sample@{variant}-{cfg.sample.sampler}-{scale!r}"
+    with tracked(cfg, "sample", name, parent_run_id) as run:
+        run.log_params({f"sample.{k}": v for k, v in cfg.sample.model_dump(mode="json").items()})
+        run.log_params({"sample.scale": scale, "gdm.variant": variant})
+        with progress_bar(f"sample {variant} scale {scale:g}", cfg.sample.num_samples, enabled=progress) as bar:
+            result = run_sampling(unet, out, cfg.sample, scale, classifier_path=classifier, progress=bar)
+        write_config(cfg, out)
+        meta = read_json(result.meta)
+        if "seconds_per_image" in meta:
+            run.log_metrics({"seconds_per_image": meta["seconds_per_image"]})
+        for f in (result.grid, result.meta) + ((result.npz,) if result.npz.stat().st_size <= SMALL_NPZ else ()):
+            run.log_artifact(f, "samples")
     return result
 
 
@@ -113,25 +181,53 @@ def evaluator_path(cfg: Config) -> Path:
     return runs(cfg) / "evaluator" / EVALUATOR_FILE
 
 
-def train_evaluator(cfg: Config, *, out: Path | None = None, progress: bool = True) -> dict[str, Any]:
+def train_evaluator(cfg: Config, *, out: Path | None = None, progress: bool = True,
+                    parent_run_id: str | None = None) -> dict[str, Any]:
     """Stage `train-evaluator`: the independent clean classifier that scores samples."""
     from gdm.evaluation import train_evaluator_model
 
     out = Path(out) if out else runs(cfg) / "evaluator"
     write_config(cfg, out)
-    with progress_bar("train-evaluator", cfg.evaluator.steps, enabled=progress) as bar:
-        return train_evaluator_model(cfg, dataset_dir(cfg), out, progress=bar)
+    with tracked(cfg, "train-evaluator", "train-evaluator", parent_run_id) as run:
+        run.log_params({f"evaluator.{k}": v for k, v in cfg.evaluator.model_dump().items()})
+        with progress_bar("train-evaluator", cfg.evaluator.steps, enabled=progress) as bar:
+            result = train_evaluator_model(cfg, dataset_dir(cfg), out, progress=bar)
+        run.log_metrics({"val_accuracy": result["val_accuracy"]})
+        run.log_artifact(Path(result["model"]), "model")
+        result["mlflow_run_id"] = run.id
+    return result
 
 
 def evaluate(cfg: Config, samples: Path, *, reference: Path | None = None, out: Path | None = None,
-             evaluator: Path | None = None, require_accuracy: bool = False) -> dict[str, Any]:
+             evaluator: Path | None = None, require_accuracy: bool = False, parent_run_id: str | None = None,
+             tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Stage `evaluate`: FID, sFID, IS, precision/recall, KID, accuracy of one sample file."""
     from gdm.evaluation import evaluate_file
     from gdm.io import write_json
 
     reference = Path(reference) if reference else dataset_dir(cfg)
     evaluator = evaluator or (evaluator_path(cfg) if cfg.eval.features == "evaluator" else None)
-    metrics = evaluate_file(cfg, samples, reference, evaluator=evaluator, require_accuracy=require_accuracy)
-    if out is not None:
-        write_json(out, {**metrics, "config": cfg.to_dict()})
+    name = f"evaluate@{Path(samples).name}"
+    with tracked(cfg, "evaluate", name, parent_run_id) as run:
+        metrics = evaluate_file(cfg, samples, reference, evaluator=evaluator, require_accuracy=require_accuracy)
+        run.log_params({f"eval.{k}": v for k, v in cfg.eval.model_dump(mode="json").items()})
+        run.log_params({"samples": metrics["samples"], "reference": metrics["reference"]})
+        run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None})
+        if tags:
+            run.set_tags(tags)
+        metrics["mlflow_run_id"] = run.id
+        if out is not None:
+            write_json(out, {**metrics, "config": cfg.to_dict()})
+            run.log_artifact(out, "metrics")
     return metrics
+
+
+def report(cfg: Config, *, ablations: bool = False, parent_run_id: str | None = None) -> dict[str, Path]:
+    """Stage `report` / `ablation-report`: summary tables and plots across runs."""
+    from gdm.report import write_ablation, write_summary
+
+    with tracked(cfg, "report", "ablation-report" if ablations else "report", parent_run_id) as run:
+        written = write_ablation(cfg) if ablations else write_summary(cfg)
+        for f in written.values():
+            run.log_artifact(f, "report")
+    return written

@@ -54,11 +54,7 @@ def save_grid(images: np.ndarray, path: str | Path, nrow: int = 8, row_labels: S
 
 def save_line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, xlabel: str,
                    ylabel: str, title: str = "", logy: bool = False) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for name, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=name)
@@ -72,8 +68,77 @@ def save_line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], p
         ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
     return path
+
+
+def save_tradeoff_plot(rows: list[dict], path: str | Path) -> Path:
+    """Guidance trade-off across scales: FID vs IS and precision vs recall, one line per variant/sampler."""
+    plt = _pyplot()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(f"{r['variant']} {r['sampler']}", []).append(r)
+    for name, rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["scale"])
+        for ax, xk, yk in ((a1, "is", "fid"), (a2, "recall", "precision")):
+            pts = [(r[xk], r[yk], r["scale"]) for r in rs if r.get(xk) is not None and r.get(yk) is not None]
+            if not pts:
+                continue
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+            for x, y, s in pts:
+                ax.annotate(f"{s:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    a1.set_xlabel("Inception Score (evaluator logits)")
+    a1.set_ylabel("FID")
+    a1.set_title("FID vs IS across guidance scales")
+    a2.set_xlabel("recall")
+    a2.set_ylabel("precision")
+    a2.set_title("precision vs recall across guidance scales")
+    for ax in (a1, a2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def save_ablation_plot(rows: list[dict], path: str | Path, baseline: str) -> Path:
+    """Delta FID vs the baseline per architecture variant, against training throughput."""
+    plt = _pyplot()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    names = [r["variant"] for r in rows]
+    deltas = [r["delta_fid"] or 0.0 for r in rows]
+    a1.barh(names, deltas, color=["tab:green" if d < 0 else "tab:red" for d in deltas])
+    a1.axvline(0, color="black", lw=0.8)
+    a1.set_xlabel(f"FID - FID({baseline})  (lower is better)")
+    a1.set_title("architecture ablations")
+    for r in rows:
+        if r.get("train_images_per_s") and r.get("fid") is not None:
+            a2.scatter(r["train_images_per_s"], r["fid"])
+            a2.annotate(r["variant"], (r["train_images_per_s"], r["fid"]), fontsize=7)
+    a2.set_xlabel("training images/s")
+    a2.set_ylabel("FID")
+    a2.set_title("quality vs wall-clock")
+    a2.grid(alpha=0.3)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out

@@ -1,0 +1,54 @@
+"""`gdm report` and `gdm stages` (the pipeline DAG as declared in gdm/pipeline.py)."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gdm.cli import app
+from gdm.cli.common import ParamsOpt, QuietOpt, SetOpt, config_from
+
+
+@app.command()
+def report(params: ParamsOpt = "params.yaml", set_: SetOpt = None,
+           ablations: bool = typer.Option(False, "--ablations", help="The architecture-ablation table instead."),
+           quiet: QuietOpt = False) -> None:
+    """Compare runs: reports/summary.json|md + trade-off plot, or reports/ablation.json|md|png."""
+    from gdm import stages
+    from gdm.io import read_json
+
+    cfg = config_from(params, set_)
+    written = stages.report(cfg, ablations=ablations)
+    rows = read_json(written["ablation" if ablations else "summary"])
+    if not quiet:
+        print_rows(rows, ablations)
+    Console().print("written: " + "  ".join(str(p) for p in written.values()))
+
+
+def print_rows(rows: list[dict], ablations: bool = False) -> None:
+    cols = (("variant", "num_parameters", "train_images_per_s", "sample_seconds_per_image", "fid", "delta_fid",
+             "precision", "recall", "accuracy") if ablations else
+            ("variant", "sampler", "steps", "scale", "fid", "sfid", "is", "precision", "recall", "accuracy"))
+    t = Table(title="architecture ablations" if ablations else "guidance sweep (per variant, sampler, scale)")
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("variant", "sampler") else "right")
+    for r in rows:
+        t.add_row(*[("-" if r.get(c) is None else f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]))
+                    for c in cols])
+    Console().print(t)
+
+
+@app.command()
+def stages(params: ParamsOpt = "params.yaml", set_: SetOpt = None,
+           ablations: bool = typer.Option(True, "--ablations/--no-ablations")) -> None:
+    """List the pipeline's stages (the DAG that dvc.yaml and the Prefect flows both run)."""
+    from gdm.pipeline import stage_graph
+
+    cfg = config_from(params, set_)
+    t = Table(title="pipeline stages")
+    for c in ("stage", "command", "outputs"):
+        t.add_column(c)
+    for s in stage_graph(cfg, ablations=ablations):
+        t.add_row(s.name, s.cmd, "\n".join(s.outs + s.metrics))
+    Console().print(t)

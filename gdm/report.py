@@ -1,0 +1,110 @@
+"""`gdm report`: side-by-side comparison of runs.
+
+- `reports/summary.json`: one object per (variant, sampler, scale) with the metrics, the number of
+  samples, the extractor and the MLflow run id; `summary.md` the same as a table;
+- `reports/tradeoff.png|csv`: FID vs IS and precision vs recall across guidance scales (the
+  paper's Figure/Table 4 trade-off);
+- `reports/ablation.json|md|png`: per architecture variant the parameter count, training
+  images/s, sampling seconds per image, FID and delta FID vs the baseline (Table 1 weighs quality
+  against wall-clock, so does this table).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gdm.config import Config
+from gdm.errors import GdmError
+from gdm.io import read_json, write_bytes, write_json
+from gdm.pipeline import eval_file, sample_dir, unet_run
+
+FIELDS = ("fid", "sfid", "is", "precision", "recall", "accuracy", "kid_mean")
+
+
+def _read(path: str, what: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise GdmError(f"report: {what} missing: {p} (run the stage that writes it first)")
+    return read_json(p)
+
+
+def _sample_meta(cfg: Config, variant: str, sampler: str, scale: float) -> dict[str, Any]:
+    found = sorted(Path(sample_dir(cfg, variant, sampler, scale)).glob("*.json"))
+    return read_json(found[0]) if found else {}
+
+
+def summary_rows(cfg: Config) -> list[dict[str, Any]]:
+    rows = []
+    for v in cfg.pipeline.models:
+        for s in cfg.pipeline.samplers:
+            for c in cfg.sample.scales:
+                m = _read(eval_file(cfg, v, s, c), f"evaluation of {v}/{s}/scale {c}")
+                meta = _sample_meta(cfg, v, s, c)
+                rows.append({
+                    "variant": v, "sampler": s, "steps": meta.get("steps"), "scale": float(c),
+                    "num_samples": m.get("num_samples"), "num_reference": m.get("num_reference"),
+                    **{k: m.get(k) for k in FIELDS}, "features": m.get("features"),
+                    "seconds_per_image": meta.get("seconds_per_image"),
+                    "mlflow_run_id": m.get("mlflow_run_id"),
+                })
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    out += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def write_summary(cfg: Config) -> dict[str, Path]:
+    from gdm.viz import save_tradeoff_plot
+
+    rows = summary_rows(cfg)
+    rdir = Path(cfg.pipeline.reports_dir)
+    write_json(rdir / "summary.json", rows)
+    cols = ("variant", "sampler", "steps", "scale", "num_samples", *FIELDS[:-1], "features")
+    write_bytes(rdir / "summary.md", markdown_table(rows, cols).encode())
+    csv = ["variant,sampler,scale,fid,is,precision,recall,accuracy"]
+    csv += [",".join(_fmt(r[k]) for k in ("variant", "sampler", "scale", "fid", "is", "precision", "recall",
+                                          "accuracy")) for r in rows]
+    write_bytes(rdir / "tradeoff.csv", ("\n".join(csv) + "\n").encode())
+    save_tradeoff_plot(rows, rdir / "tradeoff.png")
+    return {"summary": rdir / "summary.json", "table": rdir / "summary.md", "plot": rdir / "tradeoff.png"}
+
+
+def ablation_rows(cfg: Config) -> list[dict[str, Any]]:
+    s = cfg.sample.sampler
+    rows = []
+    for a in cfg.pipeline.ablations:
+        m = _read(eval_file(cfg, a, s, 0.0, ablation=True), f"evaluation of ablation {a}")
+        t = _read(f"{unet_run(cfg, a)}/metrics.json", f"training metrics of ablation {a}")
+        meta = _sample_meta(cfg, a, s, 0.0)
+        rows.append({"variant": a, "overrides": cfg.pipeline.ablations[a], "num_parameters": t.get("num_parameters"),
+                     "train_images_per_s": t.get("images_per_s"), "final_loss": t.get("loss"),
+                     "sample_seconds_per_image": meta.get("seconds_per_image"), "fid": m.get("fid"),
+                     "sfid": m.get("sfid"), "precision": m.get("precision"), "recall": m.get("recall"),
+                     "accuracy": m.get("accuracy"), "mlflow_run_id": m.get("mlflow_run_id")})
+    base = next((r["fid"] for r in rows if r["variant"] == cfg.pipeline.baseline), None)
+    for r in rows:
+        r["delta_fid"] = None if base is None or r["fid"] is None else r["fid"] - base
+    return rows
+
+
+def write_ablation(cfg: Config) -> dict[str, Path]:
+    from gdm.viz import save_ablation_plot
+
+    rows = ablation_rows(cfg)
+    rdir = Path(cfg.pipeline.reports_dir)
+    write_json(rdir / "ablation.json", rows)
+    cols = ("variant", "num_parameters", "train_images_per_s", "sample_seconds_per_image", "fid", "delta_fid",
+            "precision", "recall", "accuracy")
+    write_bytes(rdir / "ablation.md", markdown_table(rows, cols).encode())
+    save_ablation_plot(rows, rdir / "ablation.png", cfg.pipeline.baseline)
+    return {"ablation": rdir / "ablation.json", "table": rdir / "ablation.md", "plot": rdir / "ablation.png"}
