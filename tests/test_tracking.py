@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -258,6 +259,51 @@ def test_unreachable_backend_warns_once_and_goes_quiet(
     assert find_runs(cfg, "gdm-test", warn=query_warnings.append) == []
     assert len(query_warnings) == 3 and all("127.0.0.1:9" in w for w in query_warnings)
     assert list(_isolated_cwd.iterdir()) == []
+
+
+def test_unreachable_server_fails_fast_without_retry_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # MLflow's default 7 retries with backoff would stall for minutes; the probe answers at once.
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    warnings: list[str] = []
+    tracker = Tracker(TrackingConfig(tracking_uri="http://127.0.0.1:9"), warn=warnings.append)
+    run = tracker.start_run("train")
+    run.log_metrics({"loss": 1.0})
+    run.end()
+    assert run.id is None and not tracker.active
+    assert len(warnings) == 1 and "cannot connect to 127.0.0.1:9" in warnings[0]
+
+
+class _Failing(BaseHTTPRequestHandler):
+    def _fail(self) -> None:
+        self.send_response(503)
+        self.end_headers()
+
+    do_GET = do_POST = do_PATCH = _fail
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_server_that_errors_degrades(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    server = HTTPServer(("127.0.0.1", 0), _Failing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_port}"
+        warnings: list[str] = []
+        tracker = Tracker(TrackingConfig(tracking_uri=uri), warn=warnings.append)
+        with tracker.start_run("train") as run:
+            run.log_params({"a": 1})
+        assert run.id is None and not tracker.active
+        assert len(warnings) == 1 and uri in warnings[0]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_disabled_tracker_touches_nothing(tmp_path: Path, _isolated_cwd: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import numbers
 import os
+import socket
 import sys
 import threading
 import time
@@ -19,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import urlsplit
 
 from gdm.config import TrackingConfig
 
@@ -38,10 +40,24 @@ def default_warn(message: str) -> None:
     print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
 
+def probe_server(tracking_uri: str, timeout: float = 5.0) -> None:
+    """Fail fast on an http(s) tracking server that does not accept connections: MLflow's own
+    retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES=7 with exponential backoff) stall minutes first."""
+    url = urlsplit(tracking_uri)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        return
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"cannot connect to {url.hostname}:{port} ({exc})") from exc
+
+
 def make_client(tracking_uri: str) -> Any:
     """An `MlflowClient` bound to `tracking_uri` (the registry lives there too unless
     MLFLOW_REGISTRY_URI says otherwise). mlflow is imported here, lazily: a disabled tracker never
     pays its import time."""
+    probe_server(tracking_uri)
     from mlflow import MlflowClient
 
     registry_uri = os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
