@@ -142,3 +142,41 @@ def stage_graph(cfg: Config, *, ablations: bool = True) -> list[Stage]:
             upstream=tuple(e.name for e in abl_evals),
         ))
     return stages
+
+
+def _param_slice(cfg: Config, key: str) -> object:
+    node: object = cfg.to_dict()
+    for part in key.split("."):
+        node = node[part]  # type: ignore[index]
+    return node
+
+
+def _hash_path(h, path: Path) -> None:
+    if path.is_file():
+        h.update(path.name.encode())
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    elif path.is_dir():
+        for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            h.update(str(f.relative_to(path)).encode())
+            _hash_path(h, f)
+    else:
+        h.update(b"<missing>")
+
+
+def input_hash(cfg: Config, stage: Stage) -> str:
+    """Content hash of what determines a stage's outputs: its command, params and dependencies."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    h.update(stage.cmd.encode())
+    h.update(json.dumps({k: _param_slice(cfg, k) for k in stage.params}, sort_keys=True).encode())
+    for dep in stage.deps:
+        _hash_path(h, Path(dep))
+    return h.hexdigest()
+
+
+def outputs_exist(stage: Stage) -> bool:
+    return all(Path(p).exists() for p in stage.outs + stage.metrics)
