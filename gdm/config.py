@@ -232,12 +232,13 @@ class EvalConfig(_Section):
 class TrackingConfig(_Section):
     enabled: bool = True
     tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_location: Optional[str] = None  # for a new experiment; None: MLflow's default (./mlruns)
     experiment: str = "gdm-digits"
     register_models: bool = True
     unet_model_name: str = "gdm-unet"
     classifier_model_name: str = "gdm-classifier"
     aliases: tuple[str, ...] = ("candidate",)
-    reevaluate_alias: str = "champion"
+    reevaluate_alias: str = "candidate"  # promote a version to "champion" by hand when it holds up
     reevaluate_tolerance: float = Field(2.0, ge=0)
 
 

@@ -74,7 +74,7 @@ def tracked(cfg: Config, stage: str, name: str, parent_run_id: str | None = None
     manifest = dataset_dir(cfg) / "manifest.json"
     if manifest.is_file():
         data_hash = read_json(manifest).get("content_hash")
-    tracker = Tracker(cfg.tracking)
+    tracker = Tracker(cfg.tracking, artifact_location=cfg.tracking.artifact_location)
     run = tracker.start_run(name, parent_run_id=parent, tags=default_tags(stage, data_hash))
     with run:
         yield run

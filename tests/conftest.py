@@ -1,6 +1,15 @@
 import os
 
+import tempfile
+
 import pytest
+
+# Prefect state and results of the test session live in a throw-away folder, not in the repo.
+_PREFECT = tempfile.mkdtemp(prefix="gdm-prefect-")
+os.environ.setdefault("PREFECT_HOME", _PREFECT)
+os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", os.path.join(_PREFECT, "storage"))
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
