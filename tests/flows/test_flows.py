@@ -124,3 +124,16 @@ def test_deployments_build_offline_with_schedule():
     assert crons == ["0 3 * * *"]
     (gpu,) = pool_deployments()
     assert gpu.work_pool_name == "gpu"
+
+
+def test_guidance_sweep_flow_adds_only_the_new_scale(project, first_run, monkeypatch):
+    import flows.tasks as ft
+    from flows.guidance_sweep import guidance_sweep
+
+    root, params = project
+    calls = []
+    real = ft.execute
+    monkeypatch.setattr(ft, "execute", lambda cfg, stage, *a: calls.append(stage.name) or real(cfg, stage, *a))
+    out = guidance_sweep(params=params, scales=[0.0, 1.0])
+    assert calls == ["sample@cond-ddim-1.0", "evaluate@cond-ddim-1.0"]
+    assert out["evaluate@cond-ddim-1.0"]["accuracy"] is not None
