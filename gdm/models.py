@@ -33,12 +33,9 @@ def classifier_kwargs(cfg: ClassifierConfig, image_size: int, channels: int, num
 
 
 def build(kind: str, kwargs: dict[str, Any]) -> torch.nn.Module:
-    from gdm.nn import EncoderUNet, SuperResUNet, UNet
+    from gdm.nn import build_model
 
-    classes = {"unet": UNet, "superres": SuperResUNet, "classifier": EncoderUNet}
-    if kind not in classes:
-        raise CheckpointError(f"unknown model kind {kind!r}; expected one of {sorted(classes)}")
-    return classes[kind](**kwargs)
+    return build_model(kind, kwargs)
 
 
 def load_model(path: str | Path, *, use_ema: bool = True, kind: str | None = None,
