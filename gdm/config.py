@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,8 +28,8 @@ class _Section(BaseModel):
 # ----------------------------------------------------------------------------------------- data
 class DataConfig(_Section):
     source: Literal["digits", "imagefolder", "cifar10", "npz"] = "digits"
-    path: Optional[str] = None  # file/folder for imagefolder, cifar10, npz
-    name: Optional[str] = None  # output folder name under out_dir; defaults to `source`
+    path: str | None = None  # file/folder for imagefolder, cifar10, npz
+    name: str | None = None  # output folder name under out_dir; defaults to `source`
     out_dir: str = "data/prepared"
     resolution: int = Field(8, ge=4, le=1024)
     channels: Literal[1, 3] = 1
@@ -41,7 +41,7 @@ class DataConfig(_Section):
     random_flip: bool = False  # reader augmentation (ADM uses it on ImageNet; not for digits)
 
     @model_validator(mode="after")
-    def _path_needed(self) -> "DataConfig":
+    def _path_needed(self) -> DataConfig:
         if self.source != "digits" and not self.path:
             raise ValueError(f"data.path is required when data.source is '{self.source}'")
         return self
@@ -78,7 +78,7 @@ class UNetConfig(_Section):
     rescale_residual: bool = False
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     learn_sigma: bool = True
-    num_classes: Optional[int] = Field(10, ge=2)
+    num_classes: int | None = Field(10, ge=2)
     attention_order: Literal["legacy", "new"] = "legacy"
     use_checkpoint: bool = False
 
@@ -112,7 +112,7 @@ class ClassifierConfig(_Section):
     _mult = field_validator("channel_mult")(classmethod(lambda cls, v: _check_mult(v)))
 
     @model_validator(mode="after")
-    def _pool_heads(self) -> "ClassifierConfig":
+    def _pool_heads(self) -> ClassifierConfig:
         if self.pool == "attention" and self.num_head_channels < 1:
             raise ValueError(
                 "classifier.pool 'attention' needs classifier.num_head_channels >= 1 "
@@ -141,7 +141,7 @@ class TrainConfig(_Section):
     ema_rates: tuple[float, ...] = (0.999,)
     ema_warmup: bool = True  # rate min(rate, (1+n)/(10+n)) early on
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    grad_clip: Optional[float] = Field(None, gt=0)
+    grad_clip: float | None = Field(None, gt=0)
     checkpoint_every: int = Field(1000, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(50, ge=1)
@@ -157,7 +157,7 @@ class TrainConfig(_Section):
         return v
 
     @model_validator(mode="after")
-    def _micro(self) -> "TrainConfig":
+    def _micro(self) -> TrainConfig:
         if self.microbatch > 0 and self.microbatch > self.batch_size:
             raise ValueError(
                 f"train.microbatch ({self.microbatch}) must be <= train.batch_size ({self.batch_size})"
@@ -221,7 +221,7 @@ class SampleConfig(_Section):
 
 class EvalConfig(_Section):
     features: Literal["evaluator", "inception"] = "evaluator"
-    inception_weights: Optional[str] = None
+    inception_weights: str | None = None
     reference: Literal["train", "val"] = "train"
     batch_size: int = Field(250, ge=1)
     kid_subsets: int = Field(50, ge=1)
@@ -232,7 +232,7 @@ class EvalConfig(_Section):
 class TrackingConfig(_Section):
     enabled: bool = True
     tracking_uri: str = "sqlite:///mlflow.db"
-    artifact_location: Optional[str] = None  # for a new experiment; None: MLflow's default (./mlruns)
+    artifact_location: str | None = None  # for a new experiment; None: MLflow's default (./mlruns)
     experiment: str = "gdm-digits"
     register_models: bool = True
     unet_model_name: str = "gdm-unet"
@@ -256,7 +256,7 @@ class PipelineConfig(_Section):
     baseline: str = "base"  # the ablation every other one is compared with (delta FID)
 
     @model_validator(mode="after")
-    def _names(self) -> "PipelineConfig":
+    def _names(self) -> PipelineConfig:
         reserved = {"classifier", "evaluator"}
         for name in list(self.models) + list(self.ablations):
             if not _NAME_RE.match(name) or name in reserved:
@@ -285,7 +285,7 @@ class Config(_Section):
     pipeline: PipelineConfig = PipelineConfig()
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "Config":
+    def _cross_checks(self) -> Config:
         res = self.data.resolution
         for section in ("unet", "classifier"):
             net = getattr(self, section)
@@ -311,13 +311,13 @@ class Config(_Section):
         """Flattened `section.key` -> value (MLflow params use exactly these names)."""
         return flatten(self.to_dict())
 
-    def with_overrides(self, overrides: dict[str, Any], origin: str = "override") -> "Config":
+    def with_overrides(self, overrides: dict[str, Any], origin: str = "override") -> Config:
         raw = self.to_dict()
         for key, value in overrides.items():
             set_dotted(raw, key, value, origin=origin)
         return validate(raw, origin=origin)
 
-    def variant(self, name: str) -> "Config":
+    def variant(self, name: str) -> Config:
         """The config of a model variant: `pipeline.models[name]`, or for an ablation
         `pipeline.ablation_base` then `pipeline.ablations[name]`."""
         p = self.pipeline
@@ -330,7 +330,7 @@ class Config(_Section):
             f"pipeline.ablations {sorted(p.ablations)}"
         )
 
-    def check_variants(self) -> "Config":
+    def check_variants(self) -> Config:
         """Validate every declared variant once, at load (errors name the variant and key)."""
         for name in list(self.pipeline.models) + list(self.pipeline.ablations):
             self.variant(name)
@@ -454,9 +454,7 @@ _MISSING = object()
 def _lookup(raw: Any, loc: tuple) -> Any:
     node = raw
     for p in loc:
-        if isinstance(node, dict) and p in node:
-            node = node[p]
-        elif isinstance(node, (list, tuple)) and isinstance(p, int) and p < len(node):
+        if isinstance(node, dict) and p in node or isinstance(node, (list, tuple)) and isinstance(p, int) and p < len(node):
             node = node[p]
         else:
             return _MISSING

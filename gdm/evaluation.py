@@ -11,9 +11,10 @@ Reference features are cached per (dataset content hash, split, extractor, extra
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,8 +24,14 @@ from gdm.data.dataset import load_split_uint8, read_manifest
 from gdm.errors import DataError, GdmError
 from gdm.io import sha256_file, write_json
 from gdm.metrics import StatsCache, StatsKey, compute_metrics, read_reference_stats, read_samples
-from gdm.metrics.evaluator import EvaluatorNet, extract_features, load_evaluator, save_evaluator, train_evaluator
-from gdm.metrics.evaluator import uint8_to_float
+from gdm.metrics.evaluator import (
+    EvaluatorNet,
+    extract_features,
+    load_evaluator,
+    save_evaluator,
+    train_evaluator,
+    uint8_to_float,
+)
 from gdm.progress import SILENT, Bar
 
 EVALUATOR_FILE = "evaluator.pt"
@@ -173,7 +180,8 @@ def evaluate_file(cfg: Config, samples: str | Path, reference: str | Path, *, ev
 def write_reference_batch(cfg: Config, dataset_dir: str | Path, out: str | Path, split: str,
                           evaluator: str | Path | None = None) -> Path:
     """Write a prepared split as an ADM reference batch (arr_0 images, arr_1 labels, mu/sigma/mu_s/sigma_s)."""
-    from gdm.metrics import feature_statistics, write_reference_batch as write
+    from gdm.metrics import feature_statistics
+    from gdm.metrics import write_reference_batch as write
 
     images, labels = load_split_uint8(dataset_dir, split)
     ex = make_extractor(cfg, evaluator)

@@ -49,7 +49,7 @@ def load_model(path: str | Path, *, use_ema: bool = True, kind: str | None = Non
     model = build(ckpt["kind"], ckpt["model_kwargs"])
     state = ckpt["model"]
     if use_ema and ckpt.get("ema"):
-        rate = sorted(ckpt["ema"])[0] if ckpt.get("ema_use") is None else ckpt["ema_use"]
+        rate = min(ckpt["ema"]) if ckpt.get("ema_use") is None else ckpt["ema_use"]
         state = ckpt["ema"][rate]
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), ckpt

@@ -8,7 +8,8 @@ or a silent one when disabled.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from rich.progress import (
     BarColumn,

@@ -20,7 +20,14 @@ import torch
 
 from gdm.config import SampleConfig
 from gdm.data.dataset import to_uint8
-from gdm.diffusion import build_schedule, classifier_guidance, ddim_sample, ddpm_sample, sample_generators, sample_seed
+from gdm.diffusion import (
+    build_schedule,
+    classifier_guidance,
+    ddim_sample,
+    ddpm_sample,
+    sample_generators,
+    sample_seed,
+)
 from gdm.errors import ConfigError, GdmError
 from gdm.io import write_json
 from gdm.metrics.npz import read_samples, write_samples
@@ -124,8 +131,8 @@ def _sample_batch(model, classifier, schedule, sc: SampleConfig, scale: float, i
             raise GdmError("classifier guidance needs class labels, but the dataset is unconditional")
         cond_fn = classifier_guidance(classifier, scale, y)
     gens = sample_generators(sc.seed, [int(i) for i in indices])
-    common = dict(generators=gens, cond_fn=cond_fn, learn_sigma=kw["learn_sigma"],
-                  clip_denoised=sc.clip_denoised, device=device)
+    common = {"generators": gens, "cond_fn": cond_fn, "learn_sigma": kw["learn_sigma"],
+                  "clip_denoised": sc.clip_denoised, "device": device}
     if sc.sampler == "ddpm":
         return ddpm_sample(model_fn, schedule, (len(indices), *shape), **common)
     return ddim_sample(model_fn, schedule, (len(indices), *shape), eta=sc.eta, **common)

@@ -2,13 +2,14 @@
 
 The CLI, `dvc.yaml` (through the CLI) and the Prefect flows all call these functions, so there is
 one code path whatever runs the pipeline. Every stage writes the resolved config beside what it
-produces (`config.yaml`). Directory layout (under `pipeline.runs_dir`):
+produces (`config.yaml`) and logs an MLflow run (`tracked`). Layout under `pipeline.runs_dir`
+(paths come from `gdm.pipeline`):
 
-    <variant>/unet/            model.pt, checkpoints/, metrics.csv|json, config.yaml
-    classifier/                classifier.pt, checkpoints/, metrics.csv|json, config.yaml
-    evaluator/                 evaluator.pt, metrics.json, config.yaml
-    <variant>/samples/         <sampler>-<respacing>-scale<s>.npz|.png|.json
-    <variant>/eval/            <sampler>-<respacing>-scale<s>.json
+    <variant>/unet/                    model.pt, checkpoints/, metrics.csv|json, config.yaml
+    classifier/                        classifier.pt, checkpoints/, metrics.csv|json, config.yaml
+    evaluator/                         evaluator.pt, metrics.json, config.yaml
+    <variant>/samples/<sampler>-<s>/   <sampler>-<respacing>-scale<s>.npz|.png|.json, config.yaml
+    eval/<variant>-<sampler>-<s>.json  metrics (ablation-eval/ for the ablations)
 """
 
 from __future__ import annotations

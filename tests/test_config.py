@@ -79,7 +79,9 @@ def test_overrides_are_validated_like_the_file(tmp_path):
 
 def test_config_is_frozen():
     cfg = Config()
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.unet.model_channels = 3
 
 

@@ -35,7 +35,7 @@ def test_sample_i_is_independent_of_batch_and_chunk_size(trained, tmp_path, samp
 
 
 def test_interrupted_sampling_fills_in_only_missing_chunks(trained, tmp_path, monkeypatch):
-    cfg, unet, clf = trained
+    cfg, unet, _clf = trained
     import gdm.sampling as smod
 
     ref = sample(unet, tmp_path / "ref", cfg.sample, 0.0)

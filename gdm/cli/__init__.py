@@ -21,14 +21,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-from gdm.cli import data_cmds  # noqa: E402,F401  (registers commands)
-
-for _optional in ("nn_cmds", "train_cmds", "sample_cmds", "eval_cmds", "pipeline_cmds"):
-    try:
-        __import__(f"gdm.cli.{_optional}")
-    except ModuleNotFoundError as exc:  # command groups still being built
-        if exc.name != f"gdm.cli.{_optional}":
-            raise
+# Importing the command modules registers their commands on `app`.
+from gdm.cli import data_cmds, eval_cmds, nn_cmds, pipeline_cmds, train_cmds  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,7 +13,7 @@ ParamsOpt = Annotated[
     Path, typer.Option("--params", "-p", help="params.yaml to read.", show_default=True)
 ]
 SetOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option(
         "--set",
         "-s",
@@ -23,5 +23,5 @@ SetOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 
-def config_from(params: Path = Path(DEFAULT_PARAMS), overrides: Optional[list[str]] = None) -> Config:
+def config_from(params: Path = Path(DEFAULT_PARAMS), overrides: list[str] | None = None) -> Config:
     return load_config(params, overrides or [])

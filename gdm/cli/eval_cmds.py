@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -15,7 +14,7 @@ from gdm.cli.common import ParamsOpt, QuietOpt, SetOpt, config_from
 
 @app.command("train-evaluator")
 def train_evaluator(params: ParamsOpt = "params.yaml", set_: SetOpt = None,
-                    out: Optional[Path] = typer.Option(None, "--out", "-o"), quiet: QuietOpt = False) -> None:
+                    out: Path | None = typer.Option(None, "--out", "-o"), quiet: QuietOpt = False) -> None:
     """Train the independent clean classifier whose features score samples (eval.features: evaluator)."""
     from gdm import stages
 
@@ -25,14 +24,14 @@ def train_evaluator(params: ParamsOpt = "params.yaml", set_: SetOpt = None,
 
 @app.command()
 def evaluate(
-    samples: Optional[Path] = typer.Option(None, "--samples", help="ADM .npz sample file (arr_0 uint8 NHWC)."),
-    reference: Optional[Path] = typer.Option(
+    samples: Path | None = typer.Option(None, "--samples", help="ADM .npz sample file (arr_0 uint8 NHWC)."),
+    reference: Path | None = typer.Option(
         None, "--reference", help="Prepared dataset directory or ADM reference batch .npz (default: the dataset)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="metrics.json to write."),
-    evaluator: Optional[Path] = typer.Option(None, "--evaluator", help="Evaluator checkpoint (eval.features: evaluator)."),
-    split: Optional[str] = typer.Option(None, "--split", help="Reference split: train | val (default eval.reference)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="metrics.json to write."),
+    evaluator: Path | None = typer.Option(None, "--evaluator", help="Evaluator checkpoint (eval.features: evaluator)."),
+    split: str | None = typer.Option(None, "--split", help="Reference split: train | val (default eval.reference)."),
     require_accuracy: bool = typer.Option(False, "--accuracy", help="Fail unless class accuracy can be computed."),
-    write_reference: Optional[Path] = typer.Option(
+    write_reference: Path | None = typer.Option(
         None, "--write-reference", help="Instead: write the dataset split as an ADM reference batch .npz."),
     params: ParamsOpt = "params.yaml",
     set_: SetOpt = None,

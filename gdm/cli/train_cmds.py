@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -25,7 +24,7 @@ def _print_result(title: str, result: dict) -> None:
 
 @app.command()
 def train(params: ParamsOpt = "params.yaml", set_: SetOpt = None, variant: str = VariantOpt,
-          out: Optional[Path] = OutOpt, resume: bool = ResumeOpt, quiet: QuietOpt = False) -> None:
+          out: Path | None = OutOpt, resume: bool = ResumeOpt, quiet: QuietOpt = False) -> None:
     """Train the diffusion UNet of one variant (EMA, mixed precision, atomic checkpoints, exact resume)."""
     from gdm import stages
 
@@ -34,7 +33,7 @@ def train(params: ParamsOpt = "params.yaml", set_: SetOpt = None, variant: str =
 
 
 @app.command("train-classifier")
-def train_classifier(params: ParamsOpt = "params.yaml", set_: SetOpt = None, out: Optional[Path] = OutOpt,
+def train_classifier(params: ParamsOpt = "params.yaml", set_: SetOpt = None, out: Path | None = OutOpt,
                      resume: bool = ResumeOpt, quiet: QuietOpt = False) -> None:
     """Train the noisy classifier on x_t (same schedule as the diffusion model); accuracy per t-quartile."""
     from gdm import stages
@@ -47,18 +46,18 @@ def train_classifier(params: ParamsOpt = "params.yaml", set_: SetOpt = None, out
 def sample(
     params: ParamsOpt = "params.yaml",
     set_: SetOpt = None,
-    unet: Optional[Path] = typer.Option(None, "--unet", help="UNet checkpoint (default: the variant's model.pt)."),
-    classifier: Optional[Path] = typer.Option(None, "--classifier", help="Noisy classifier for guidance."),
+    unet: Path | None = typer.Option(None, "--unet", help="UNet checkpoint (default: the variant's model.pt)."),
+    classifier: Path | None = typer.Option(None, "--classifier", help="Noisy classifier for guidance."),
     variant: str = VariantOpt,
-    sampler: Optional[str] = typer.Option(None, help="ddpm | ddim (default sample.sampler)."),
-    respacing: Optional[str] = typer.Option(None, help="'ddimN', 'N' or 'a,b,c' (default sample.respacing)."),
-    eta: Optional[float] = typer.Option(None, help="DDIM eta (0: deterministic)."),
-    scale: Optional[list[float]] = typer.Option(None, "--scale", help="Guidance scale(s); repeatable."),
-    num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
-    seed: Optional[int] = typer.Option(None),
-    labels: Optional[str] = typer.Option(None, help="random | balanced | a class index."),
-    out: Optional[Path] = OutOpt,
+    sampler: str | None = typer.Option(None, help="ddpm | ddim (default sample.sampler)."),
+    respacing: str | None = typer.Option(None, help="'ddimN', 'N' or 'a,b,c' (default sample.respacing)."),
+    eta: float | None = typer.Option(None, help="DDIM eta (0: deterministic)."),
+    scale: list[float] | None = typer.Option(None, "--scale", help="Guidance scale(s); repeatable."),
+    num_samples: int | None = typer.Option(None, "--num-samples", "-n"),
+    batch_size: int | None = typer.Option(None, "--batch-size", "-b"),
+    seed: int | None = typer.Option(None),
+    labels: str | None = typer.Option(None, help="random | balanced | a class index."),
+    out: Path | None = OutOpt,
     quiet: QuietOpt = False,
 ) -> None:
     """Sample a UNet (EMA weights), optionally classifier-guided, into ADM .npz + labelled PNG grid.

@@ -7,9 +7,10 @@ pyarrow so the same code streams larger ones one shard at a time (`iter_batches`
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq

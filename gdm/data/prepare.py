@@ -50,7 +50,7 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> np.n
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         idx = idx[rng.permutation(len(idx))]
-        is_val[idx[: int(round(len(idx) * val_fraction))]] = True
+        is_val[idx[: round(len(idx) * val_fraction)]] = True
     return is_val
 
 
@@ -84,7 +84,7 @@ def prepare_dataset(cfg: DataConfig, progress: Bar = SILENT, out_dir: Path | Non
             skipped.append(err)
             continue
         label = NO_LABEL if unconditional else rec.label
-        rows.append(dict(id=rec.sample_id, image=png, label=label, split=rec.split, source=rec.source))
+        rows.append({"id": rec.sample_id, "image": png, "label": label, "split": rec.split, "source": rec.source})
     if not rows:
         raise DataError(f"data source {cfg.source} {cfg.path or ''}: no usable images (skipped {len(skipped)})")
 

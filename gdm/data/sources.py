@@ -11,9 +11,9 @@ from __future__ import annotations
 import io
 import pickle
 import tarfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -29,8 +29,8 @@ class Record:
     label: int  # NO_LABEL when unconditional
     sample_id: str  # stable across runs: derived from the source, never from order of reading
     source: str  # relative path, or "<archive member>#index", or "index"
-    split: Optional[str] = None  # a split fixed by the source (CIFAR-10's official split)
-    error: Optional[str] = None
+    split: str | None = None  # a split fixed by the source (CIFAR-10's official split)
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ _NUMPY_GLOBALS = {
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """CIFAR batches are pickles: allow numpy arrays and plain containers, nothing that runs code."""
 
-    def find_class(self, module: str, name: str):  # noqa: D401
+    def find_class(self, module: str, name: str):
         if (module, name) in _NUMPY_GLOBALS:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")

@@ -104,7 +104,7 @@ class Tracker:
             return None
         try:
             return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - any backend failure must not end training
+        except Exception as exc:
             if error_code(exc) in _REJECTED:
                 self._warn(f"MLflow rejected {what}: {_short(exc)}; skipped, tracking continues")
             else:

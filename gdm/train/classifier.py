@@ -9,8 +9,9 @@ Same checkpoint/resume guarantees as the diffusion trainer.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -10,9 +10,11 @@ weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -24,7 +26,15 @@ from gdm.models import FORMAT, build, unet_kwargs
 from gdm.progress import SILENT, Bar
 from gdm.train.batches import BatchOrder, step_generator
 from gdm.train.checkpoints import CheckpointDir
-from gdm.train.optim import NonFiniteLoss, Precision, ema_rate, ema_update, lr_at, resolve_device, set_lr
+from gdm.train.optim import (
+    NonFiniteLoss,
+    Precision,
+    ema_rate,
+    ema_update,
+    lr_at,
+    resolve_device,
+    set_lr,
+)
 from gdm.train.runlog import MetricsLog
 
 MODEL_FILE = "model.pt"
@@ -103,7 +113,7 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
             xb, tb, nb, wb = (v[sl].to(device) for v in (x0, t, noise, weights))
             yb = y[sl].to(device) if cfg.unet.num_classes is not None else None
             with precision.autocast():
-                terms = training_losses(schedule, lambda xt, tt: model(xt, tt, yb), xb, tb, noise=nb,
+                terms = training_losses(schedule, lambda xt, tt, yb=yb: model(xt, tt, yb), xb, tb, noise=nb,
                                         loss_type=cfg.diffusion.loss_type, learn_sigma=cfg.unet.learn_sigma)
                 loss = (terms["loss"].float() * wb).sum() / len(idx)  # full-batch mean over micro-batches
             precision.backward(loss)
@@ -153,7 +163,7 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
 
 
 def _finite(v: float) -> bool:
-    return v == v and abs(v) != float("inf")
+    return math.isfinite(v)
 
 
 def _data_info(manifest) -> dict[str, Any]:

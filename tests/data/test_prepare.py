@@ -34,7 +34,7 @@ def imagefolder(tmp_path):
 
 
 def cfg(tmp_path, **kw):
-    base = dict(out_dir=str(tmp_path / "prepared"), resolution=8, channels=3, val_fraction=0.25)
+    base = {"out_dir": str(tmp_path / "prepared"), "resolution": 8, "channels": 3, "val_fraction": 0.25}
     base.update(kw)
     return DataConfig(**base)
 
@@ -59,7 +59,7 @@ def test_digits_end_to_end(tmp_path):
 
 def test_digits_resized_to_16_rgb(tmp_path):
     out = prepare_dataset(cfg(tmp_path, resolution=16, channels=3))
-    images, labels = load_split_uint8(out, "val")
+    images, _labels = load_split_uint8(out, "val")
     assert images.shape[1:] == (16, 16, 3) and images.dtype == np.uint8
 
 

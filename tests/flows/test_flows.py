@@ -23,7 +23,7 @@ def project(tmp_path_factory, mlflow_template_db):
 def first_run(project):
     from flows.pipeline import pipeline
 
-    root, params = project
+    _root, params = project
     return pipeline(params=params, progress=False)
 
 
@@ -49,7 +49,7 @@ def test_pipeline_flow_outputs_and_summary(project, first_run):
 
 
 def test_pipeline_flow_mlflow_runs_params_metrics_artifacts_registry(project, first_run):
-    root, params = project
+    _root, params = project
     client = _client(params)
     exp = client.get_experiment_by_name("gdm-test")
     runs = client.search_runs([exp.experiment_id])
@@ -92,7 +92,7 @@ def test_second_run_reuses_cached_stages(project, first_run, monkeypatch):
 def test_reevaluate_flow_scores_registered_model_and_compares(project, first_run):
     from flows.reevaluate import reevaluate
 
-    root, params = project
+    _root, params = project
     first = reevaluate(params=params)
     assert first[0]["model"] == "gdm-unet-cond" and first[0]["previous_fid"] is None
     second = reevaluate(params=params)
@@ -130,7 +130,7 @@ def test_guidance_sweep_flow_adds_only_the_new_scale(project, first_run, monkeyp
     import flows.tasks as ft
     from flows.guidance_sweep import guidance_sweep
 
-    root, params = project
+    _root, params = project
     calls = []
     real = ft.execute
     monkeypatch.setattr(ft, "execute", lambda cfg, stage, *a: calls.append(stage.name) or real(cfg, stage, *a))
