@@ -22,6 +22,7 @@ def tiny_config(tmp_path: Path, **sections) -> Config:
     raw["data"] = {"out_dir": str(tmp_path / "prepared")}
     raw["pipeline"] = {"runs_dir": str(tmp_path / "runs"), "reports_dir": str(tmp_path / "reports")}
     raw["eval"] = {"cache_dir": str(tmp_path / "cache")}
+    raw["tracking"] = {"enabled": False}  # tests that track say so (and use a private store)
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
     return validate(raw, origin="tiny test config")
