@@ -204,6 +204,14 @@ class SampleConfig(_Section):
     chunk_size: int = Field(250, ge=1)  # samples per resumable chunk file
     device: str = "auto"
 
+    @field_validator("scales", mode="before")
+    @classmethod
+    def _scales_are_floats(cls, v: Any) -> Any:
+        if isinstance(v, (list, tuple)) and any(isinstance(s, int) and not isinstance(s, bool) for s in v):
+            fixed = [float(s) for s in v]
+            raise ValueError(f"write the scales as floats, e.g. {fixed} (DVC puts their text in stage names and paths)")
+        return v
+
     @field_validator("scales")
     @classmethod
     def _scales(cls, v: tuple[float, ...]) -> tuple[float, ...]:
@@ -252,7 +260,7 @@ class PipelineConfig(_Section):
     samplers: tuple[Literal["ddpm", "ddim"], ...] = ("ddim",)
     # Architecture ablations (Tables 1-3): `ablation_base` overrides first, then the variant's own.
     ablation_base: dict[str, Any] = Field(default_factory=dict)
-    ablations: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    ablations: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"base": {}})
     baseline: str = "base"  # the ablation every other one is compared with (delta FID)
 
     @model_validator(mode="after")
@@ -266,8 +274,11 @@ class PipelineConfig(_Section):
         both = set(self.models) & set(self.ablations)
         if both:
             raise ValueError(f"pipeline.models and pipeline.ablations share names {sorted(both)}")
-        if self.ablations and self.baseline not in self.ablations:
-            raise ValueError(f"pipeline.baseline {self.baseline!r} is not one of pipeline.ablations {sorted(self.ablations)}")
+        if self.baseline not in self.ablations:
+            raise ValueError(
+                f"pipeline.baseline {self.baseline!r} is not one of pipeline.ablations {sorted(self.ablations)} "
+                "(declare at least the baseline, e.g. `base: {}`: dvc.yaml always has the ablation stages)"
+            )
         return self
 
 

@@ -29,10 +29,13 @@ from gdm.progress import progress_bar
 OnLog = Callable[[int, dict[str, Any]], None]
 
 
-def write_config(cfg: Config, directory: Path) -> Path:
-    path = Path(directory) / "config.yaml"
+def write_config_as(cfg: Config, path: Path) -> Path:
     write_bytes(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
-    return path
+    return Path(path)
+
+
+def write_config(cfg: Config, directory: Path) -> Path:
+    return write_config_as(cfg, Path(directory) / "config.yaml")
 
 
 def variant_config(cfg: Config, name: str) -> Config:
@@ -217,8 +220,10 @@ def evaluate(cfg: Config, samples: Path, *, reference: Path | None = None, out: 
         if tags:
             run.set_tags(tags)
         metrics["mlflow_run_id"] = run.id
-        if out is not None:
-            write_json(out, {**metrics, "config": cfg.to_dict()})
+        if out is not None:  # metrics flat (for `dvc metrics show`), the resolved config beside them
+            out = Path(out)
+            write_json(out, metrics)
+            write_config_as(cfg, out.with_suffix(".config.yaml"))
             run.log_artifact(out, "metrics")
     return metrics
 

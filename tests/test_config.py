@@ -42,7 +42,10 @@ def test_defaults_round_trip_through_flat_names():
         ({"train": {"ema_rates": [1.5]}}, ["train.ema_rates", "(0, 1)"]),
         ({"train": {"microbatch": 128, "batch_size": 64}}, ["train.microbatch", "128", "64"]),
         ({"sample": {"labels": "some"}}, ["sample.labels", "balanced"]),
-        ({"sample": {"scales": [-1]}}, ["sample.scales", "non-negative"]),
+        ({"sample": {"scales": [-1.0]}}, ["sample.scales", "non-negative"]),
+        ({"sample": {"scales": [0, 2]}}, ["sample.scales", "as floats", "[0.0, 2.0]"]),
+        ({"pipeline": {"ablations": {}}}, ["pipeline.baseline", "declare at least the baseline"]),
+        ({"pipeline": {"models": {"classifier": {}}}}, ["classifier", "A-Za-z0-9"]),
         ({"diffusion": {"loss_type": "hybrid"}, "unet": {"learn_sigma": False}}, ["hybrid", "learn_sigma"]),
         ({"diffusion": {"noise_schedule": "sqrt"}}, ["diffusion.noise_schedule", "'sqrt'"]),
     ],
@@ -66,7 +69,7 @@ def test_overrides_parse_yaml_values():
 
 def test_overrides_are_validated_like_the_file(tmp_path):
     p = write(tmp_path, {"unet": {"model_channels": 64}})
-    cfg = load_config(p, ["unet.num_res_blocks=2", "sample.scales=[0, 1, 2]"])
+    cfg = load_config(p, ["unet.num_res_blocks=2", "sample.scales=[0.0, 1.0, 2.0]"])
     assert cfg.unet.model_channels == 64 and cfg.unet.num_res_blocks == 2
     assert cfg.sample.scales == (0.0, 1.0, 2.0)
     with pytest.raises(ConfigError, match="unknown key 'unet.widht'"):
