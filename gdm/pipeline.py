@@ -77,6 +77,12 @@ def _train(cfg: Config, variant: str, ablation: bool = False) -> Stage:
     )
 
 
+# What determines a sample file (per-sample seeding: batch and chunk sizes do not; the scale and the
+# sampler come from the stage itself).
+SAMPLE_PARAMS = ("sample.respacing", "sample.eta", "sample.num_samples", "sample.seed", "sample.labels",
+                 "sample.clip_denoised", "sample.use_ema")
+
+
 def _sample_eval(cfg: Config, variant: str, sampler: str, scale: float, ablation: bool = False) -> list[Stage]:
     p = paths(cfg)
     suffix, tag = ("-ablation", variant) if ablation else ("", f"{variant}-{sampler}-{scale_tag(scale)}")
@@ -87,7 +93,7 @@ def _sample_eval(cfg: Config, variant: str, sampler: str, scale: float, ablation
         f"sample{suffix}@{tag}", "sample", args,
         cmd=f"gdm sample --quiet --variant {variant} --sampler {sampler} --scale {scale_tag(scale)} --out {sdir}",
         deps=(f"{unet_run(cfg, variant)}/model.pt",) + guided,
-        params=("sample",), outs=(sdir,), upstream=(f"train-ablation@{variant}",) if ablation else (f"train@{variant}", "train-classifier"),
+        params=SAMPLE_PARAMS + (("sample.sampler",) if ablation else ()), outs=(sdir,), upstream=(f"train-ablation@{variant}",) if ablation else (f"train@{variant}", "train-classifier"),
     )
     evaluate = Stage(
         f"evaluate{suffix}@{tag}", "evaluate", args,
