@@ -41,6 +41,22 @@ def pipeline(params: str = "params.yaml", overrides: list[str] | None = None, ab
         return run_stages(cfg, None, parent.id, progress, ablations)
 
 
+def record_in_dvc(names: list[str]) -> bool:
+    """Record the stages this flow produced in dvc.lock (`dvc commit`), so `dvc repro` afterwards
+    finds them up to date. Only meaningful when the flow ran on params.yaml as it is (no overrides)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    dvc = shutil.which("dvc")
+    if not dvc or not Path(".dvc").is_dir() or not Path("dvc.yaml").is_file():
+        return False
+    done = subprocess.run([dvc, "commit", "--force", "--quiet", *names], check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"note: dvc commit failed ({done.stderr.strip()[:300]}); `dvc repro` will rerun these stages")
+    return done.returncode == 0
+
+
 def main(argv: list[str] | None = None) -> None:
     from gdm.cli.pipeline_cmds import print_rows
     from gdm.errors import GdmError
@@ -55,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     cfg = load_config("params.yaml", overrides)
+    if not overrides and record_in_dvc(list(results)):
+        print("recorded in dvc.lock: `dvc repro` now finds these stages up to date")
     print_rows(read_json(f"{cfg.pipeline.reports_dir}/summary.json"))
     print("\nwall time per stage (s; ~0 = reused from the cache):")
     for name, r in results.items():

@@ -36,7 +36,8 @@ def print_rows(rows: list[dict], ablations: bool = False) -> None:
     for r in rows:
         t.add_row(*[("-" if r.get(c) is None else f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]))
                     for c in cols])
-    Console().print(t)
+    console = Console()
+    Console(width=max(console.width, 150)).print(t)  # keep the metric columns readable when piped
 
 
 @app.command()
