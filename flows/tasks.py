@@ -36,9 +36,9 @@ def execute(cfg: Config, stage: Stage, parent_run_id: str | None, progress: bool
     if stage.kind == "prepare":
         return {"dataset": str(st.prepare(cfg, progress=progress))}
     if stage.kind == "train":
-        return st.train(cfg, a["variant"], progress=progress, parent_run_id=parent_run_id)
+        return st.train(cfg, a["variant"], progress=progress, restart_on_mismatch=True, parent_run_id=parent_run_id)
     if stage.kind == "train-classifier":
-        return st.train_classifier(cfg, progress=progress, parent_run_id=parent_run_id)
+        return st.train_classifier(cfg, progress=progress, restart_on_mismatch=True, parent_run_id=parent_run_id)
     if stage.kind == "train-evaluator":
         return st.train_evaluator(cfg, progress=progress, parent_run_id=parent_run_id)
     if stage.kind == "sample":

@@ -131,12 +131,16 @@ def reference_features(ex: Extractor, reference: str | Path, split: str, cache_d
         return dataset_features(ex, ref, split, cache_dir)
     if ref.suffix != ".npz" or not ref.is_file():
         raise DataError(f"reference {ref}: expected a prepared dataset directory or an ADM .npz reference batch")
-    stats = read_reference_stats(ref)
-    if stats is not None and ex.name == "inception":
-        return stats
-    images, _ = read_samples(ref)
-    _check_shape(images, ex, str(ref))
-    return ex.features(images)
+    stats = read_reference_stats(ref) if ex.name == "inception" else None  # published stats are Inception's
+    cache, key = StatsCache(cache_dir), StatsKey(sha256_file(ref), "reference-batch", ex.name, ex.weights_hash)
+    feats = cache.get(key)
+    if feats is None:
+        images, _ = read_samples(ref)
+        _check_shape(images, ex, str(ref))
+        feats = ex.features(images)
+        cache.put(key, feats)
+    # FID/sFID from the batch's statistics when it has them; precision/recall/KID need the features
+    return {**feats, **stats} if stats is not None else feats
 
 
 def sample_file(path: str | Path) -> Path:

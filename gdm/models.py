@@ -12,10 +12,18 @@ from typing import Any
 import torch
 
 from gdm.config import ClassifierConfig, UNetConfig
-from gdm.errors import CheckpointError
+from gdm.errors import CheckpointError, GdmError
 from gdm.io import load_checkpoint
+from gdm.nn.adm_import import FORMAT, load_released_state_dict
 
-FORMAT = "gdm-checkpoint-v1"
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise GdmError(f"device '{name}' requested but CUDA is not available (use device: auto or cpu)")
+    return dev
 
 
 def unet_kwargs(cfg: UNetConfig, image_size: int, channels: int) -> dict[str, Any]:
@@ -40,16 +48,28 @@ def build(kind: str, kwargs: dict[str, Any]) -> torch.nn.Module:
 
 def load_model(path: str | Path, *, use_ema: bool = True, kind: str | None = None,
                device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild a model from a gdm checkpoint (EMA weights by default when present)."""
+    """Rebuild a model from a gdm checkpoint (EMA weights by default when present).
+
+    Missing keys, a foreign file or weights that do not fit the recorded architecture raise
+    `CheckpointError` naming the file and the keys.
+    """
+    from gdm.nn import build_model
+
     ckpt = load_checkpoint(path)
     if ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a gdm checkpoint (format {ckpt.get('format')!r}, expected {FORMAT!r})")
-    if kind is not None and ckpt.get("kind") != kind:
-        raise CheckpointError(f"{path}: holds a {ckpt.get('kind')!r} model, expected a {kind!r} model")
-    model = build(ckpt["kind"], ckpt["model_kwargs"])
+        raise CheckpointError(f"{path}: not a gdm checkpoint (format {ckpt.get('format')!r}, expected {FORMAT!r}; "
+                              "import released ADM checkpoints with `gdm import-adm`)")
+    missing = [k for k in ("kind", "model_kwargs", "model") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {missing}")
+    if kind is not None and ckpt["kind"] != kind:
+        raise CheckpointError(f"{path}: holds a {ckpt['kind']!r} model, expected a {kind!r} model")
     state = ckpt["model"]
     if use_ema and ckpt.get("ema"):
-        rate = min(ckpt["ema"]) if ckpt.get("ema_use") is None else ckpt["ema_use"]
+        rate = ckpt.get("ema_use") or min(ckpt["ema"])
+        if rate not in ckpt["ema"]:
+            raise CheckpointError(f"{path}: EMA rate {rate!r} not in the checkpoint (has {sorted(ckpt['ema'])})")
         state = ckpt["ema"][rate]
-    model.load_state_dict(state, strict=True)
+    model = build_model(ckpt["kind"], ckpt["model_kwargs"], device="meta")
+    load_released_state_dict(model, state, path)  # strict; names missing / unexpected / mismatched keys
     return model.to(device).eval(), ckpt

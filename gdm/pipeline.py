@@ -67,10 +67,11 @@ def eval_file(cfg: Config, variant: str, sampler: str, scale: float, ablation: b
 def _train(cfg: Config, variant: str, ablation: bool = False) -> Stage:
     run = unet_run(cfg, variant)
     p = paths(cfg)
-    params = ("pipeline.ablation_base", "pipeline.ablations") if ablation else ("pipeline.models",)
+    # only this variant's overrides: adding a variant retrains nothing else
+    params = ("pipeline.ablation_base", f"pipeline.ablations.{variant}") if ablation else (f"pipeline.models.{variant}",)
     return Stage(
         f"train{'-ablation' if ablation else ''}@{variant}", "train", {"variant": variant},
-        cmd=f"gdm train --quiet --variant {variant}",
+        cmd=f"gdm train --quiet --restart-on-mismatch --variant {variant}",
         deps=(p["data"],), params=("unet", "diffusion", "train") + params,
         outs=(f"{run}/model.pt", f"{run}/checkpoints"), metrics=(f"{run}/metrics.json",),
         plots=(f"{run}/metrics.csv",), upstream=("prepare",),
@@ -110,7 +111,7 @@ def stage_graph(cfg: Config, *, ablations: bool = True) -> list[Stage]:
     pc = cfg.pipeline
     stages = [
         Stage("prepare", "prepare", cmd="gdm prepare --quiet", params=("data",), outs=(p["data"],)),
-        Stage("train-classifier", "train-classifier", cmd="gdm train-classifier --quiet", deps=(p["data"],),
+        Stage("train-classifier", "train-classifier", cmd="gdm train-classifier --quiet --restart-on-mismatch", deps=(p["data"],),
               params=("classifier", "classifier_train", "diffusion"),
               outs=(f"{p['classifier']}/classifier.pt", f"{p['classifier']}/checkpoints"),
               metrics=(f"{p['classifier']}/metrics.json",), plots=(f"{p['classifier']}/metrics.csv",),

@@ -28,12 +28,11 @@ from gdm.diffusion import (
     sample_generators,
     sample_seed,
 )
-from gdm.errors import ConfigError, GdmError
-from gdm.io import write_json
+from gdm.errors import CheckpointError, ConfigError, GdmError
+from gdm.io import read_json, sha256_file, write_json
 from gdm.metrics.npz import read_samples, write_samples
-from gdm.models import load_model
+from gdm.models import load_model, resolve_device
 from gdm.progress import SILENT, Bar
-from gdm.train.optim import resolve_device
 
 LABEL_STREAM = 0x1AB3
 
@@ -82,16 +81,22 @@ def sample(unet_path: str | Path, out_dir: str | Path, sc: SampleConfig, scale: 
         raise ConfigError(f"guidance scale {scale:g} needs a classifier checkpoint (--classifier)")
     device = resolve_device(sc.device)
     model, ckpt = load_model(unet_path, use_ema=sc.use_ema, kind="unet", device=device)
-    kw, cfg = ckpt["model_kwargs"], ckpt["config"]
+    cfg = ckpt.get("config", {})
+    if "diffusion" not in cfg or "num_classes" not in ckpt.get("data", {}):
+        raise CheckpointError(f"{unet_path}: the checkpoint does not record its diffusion schedule and data "
+                              "(config.diffusion, data.num_classes); it cannot be sampled")
     classifier = None
     if classifier_path is not None and scale > 0:
         classifier, cck = load_model(classifier_path, kind="classifier", device=device)
         check_same_schedule(cfg, cck["diffusion"], unet_path, Path(classifier_path))
     schedule = build_schedule(cfg["diffusion"]["noise_schedule"], cfg["diffusion"]["diffusion_steps"], sc.respacing)
     num_classes = int(ckpt["data"]["num_classes"])
-    shape = (kw["in_channels"], kw["image_size"], kw["image_size"])
+    shape = (model.in_channels, model.image_size, model.image_size)
     name = output_name(sc, scale)
     chunk_dir = out_dir / f".{name}.chunks"
+    _claim_chunks(chunk_dir, {"unet": sha256_file(unet_path), "scale": scale,
+                              "classifier": sha256_file(classifier_path) if classifier is not None else None,
+                              **sc.model_dump(mode="json", exclude={"batch_size", "device"})})
     n_chunks = (sc.num_samples + sc.chunk_size - 1) // sc.chunk_size
     progress.advance(sum(_chunk_len(sc, c) for c in range(n_chunks) if (chunk_dir / f"{c:05d}.npz").exists()))
     generated, t0 = 0, time.perf_counter()
@@ -105,7 +110,7 @@ def sample(unet_path: str | Path, out_dir: str | Path, sc: SampleConfig, scale: 
         for b in range(0, len(idx), sc.batch_size):
             bi = idx[b : b + sc.batch_size]
             y = torch.from_numpy(labels[b : b + sc.batch_size]).to(device)
-            x = _sample_batch(model, classifier, schedule, sc, scale, bi, y, shape, kw, device)
+            x = _sample_batch(model, classifier, schedule, sc, scale, bi, y, shape, device)
             images.append(to_uint8(x))
             generated += len(bi)
             progress.advance(len(bi))
@@ -114,13 +119,22 @@ def sample(unet_path: str | Path, out_dir: str | Path, sc: SampleConfig, scale: 
     return _assemble(out_dir, name, chunk_dir, n_chunks, sc, scale, unet_path, classifier_path, cfg, timing)
 
 
+def _claim_chunks(chunk_dir: Path, key: dict[str, Any]) -> None:
+    """Chunks left by an interrupted run are reused only if the same models and settings made them."""
+    key_file = chunk_dir / "key.json"
+    if chunk_dir.exists() and (not key_file.is_file() or read_json(key_file) != key):
+        shutil.rmtree(chunk_dir)
+    if not key_file.is_file():
+        write_json(key_file, key)
+
+
 def _chunk_len(sc: SampleConfig, c: int) -> int:
     return min(sc.chunk_size, sc.num_samples - c * sc.chunk_size)
 
 
 def _sample_batch(model, classifier, schedule, sc: SampleConfig, scale: float, indices: np.ndarray,
-                  y: torch.Tensor, shape: tuple, kw: dict, device) -> torch.Tensor:
-    conditional = kw.get("num_classes") is not None
+                  y: torch.Tensor, shape: tuple, device) -> torch.Tensor:
+    conditional = model.num_classes is not None
 
     def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return model(x_t, t, y if conditional else None)
@@ -131,8 +145,9 @@ def _sample_batch(model, classifier, schedule, sc: SampleConfig, scale: float, i
             raise GdmError("classifier guidance needs class labels, but the dataset is unconditional")
         cond_fn = classifier_guidance(classifier, scale, y)
     gens = sample_generators(sc.seed, [int(i) for i in indices])
-    common = {"generators": gens, "cond_fn": cond_fn, "learn_sigma": kw["learn_sigma"],
-                  "clip_denoised": sc.clip_denoised, "device": device}
+    learn_sigma = model.out_channels == 2 * model.in_channels  # from the network, not from optional kwargs
+    common = {"generators": gens, "cond_fn": cond_fn, "learn_sigma": learn_sigma,
+              "clip_denoised": sc.clip_denoised, "device": device}
     if sc.sampler == "ddpm":
         return ddpm_sample(model_fn, schedule, (len(indices), *shape), **common)
     return ddim_sample(model_fn, schedule, (len(indices), *shape), eta=sc.eta, **common)

@@ -100,7 +100,8 @@ def _register(cfg: Config, run, name: str, artifact_path: str) -> str | None:
 
 
 def train(cfg: Config, variant: str, *, out: Path | None = None, resume: bool = True, progress: bool = True,
-          on_log: OnLog | None = None, parent_run_id: str | None = None) -> dict[str, Any]:
+          restart_on_mismatch: bool = False, on_log: OnLog | None = None,
+          parent_run_id: str | None = None) -> dict[str, Any]:
     """Stage `train@<variant>`: the diffusion UNet of one variant."""
     from gdm.train.diffusion import train_diffusion
 
@@ -112,7 +113,7 @@ def train(cfg: Config, variant: str, *, out: Path | None = None, resume: bool = 
         run.set_tags({"gdm.variant": variant})
         with progress_bar(f"train {variant}", vcfg.train.steps, enabled=progress) as bar:
             result = train_diffusion(vcfg, dataset_dir(cfg), out, resume=resume, progress=bar,
-                                     on_log=_log_rows(run, on_log))
+                                     restart_on_mismatch=restart_on_mismatch, on_log=_log_rows(run, on_log))
         for f in (Path(result["model"]), cfg_file, out / "metrics.csv"):
             run.log_artifact(f, "model")
         result["model_version"] = _register(vcfg, run, f"{cfg.tracking.unet_model_name}-{variant}", "model")
@@ -121,7 +122,8 @@ def train(cfg: Config, variant: str, *, out: Path | None = None, resume: bool = 
 
 
 def train_classifier(cfg: Config, *, out: Path | None = None, resume: bool = True, progress: bool = True,
-                     on_log: OnLog | None = None, parent_run_id: str | None = None) -> dict[str, Any]:
+                     restart_on_mismatch: bool = False, on_log: OnLog | None = None,
+                     parent_run_id: str | None = None) -> dict[str, Any]:
     """Stage `train-classifier`: the noisy classifier used for guidance."""
     from gdm.train.classifier import train_classifier as run_training
 
@@ -131,7 +133,7 @@ def train_classifier(cfg: Config, *, out: Path | None = None, resume: bool = Tru
         run.log_params(cfg.flat())
         with progress_bar("train-classifier", cfg.classifier_train.steps, enabled=progress) as bar:
             result = run_training(cfg, dataset_dir(cfg), out, resume=resume, progress=bar,
-                                  on_log=_log_rows(run, on_log))
+                                  restart_on_mismatch=restart_on_mismatch, on_log=_log_rows(run, on_log))
         for f in (Path(result["model"]), cfg_file, out / "metrics.csv"):
             run.log_artifact(f, "model")
         result["model_version"] = _register(cfg, run, cfg.tracking.classifier_model_name, "model")

@@ -62,8 +62,6 @@ def test_guidance_needs_classifier_and_matching_schedule(trained, tmp_path):
     cfg, unet, clf = trained
     with pytest.raises(ConfigError, match="needs a classifier"):
         sample(unet, tmp_path, cfg.sample, 2.0)
-    import torch
-
     from gdm.io import load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(clf)
@@ -72,7 +70,6 @@ def test_guidance_needs_classifier_and_matching_schedule(trained, tmp_path):
     save_checkpoint(bad, ck)
     with pytest.raises(ConfigError, match="diffusion_steps=999"):
         sample(unet, tmp_path, cfg.sample, 2.0, classifier_path=bad)
-    assert torch is not None
 
 
 def test_requested_labels_rules():
@@ -83,3 +80,26 @@ def test_requested_labels_rules():
     assert requested_labels("3", idx, 10, 0).tolist() == [3] * 12
     with pytest.raises(ConfigError, match="outside"):
         requested_labels("12", idx, 10, 0)
+
+
+def test_chunks_from_other_settings_are_not_reused(trained, tmp_path, monkeypatch):
+    cfg, unet, clf = trained
+    import gdm.sampling as smod
+
+    real = smod._sample_batch
+    calls = {"n": 0}
+
+    def interrupt_second(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(smod, "_sample_batch", interrupt_second)
+    with pytest.raises(KeyboardInterrupt):
+        sample(unet, tmp_path / "run", cfg.sample, 0.0)
+    monkeypatch.setattr(smod, "_sample_batch", real)
+    other_seed = cfg.sample.model_copy(update={"seed": 7})
+    done = sample(unet, tmp_path / "run", other_seed, 0.0)  # the stale seed-0 chunk must not be used
+    fresh = sample(unet, tmp_path / "fresh", other_seed, 0.0)
+    assert np.array_equal(read_samples(done.npz)[0], read_samples(fresh.npz)[0])

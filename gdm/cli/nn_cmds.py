@@ -56,7 +56,7 @@ def import_adm(
     get_preset(preset)  # unknown name -> ConfigError listing the known presets
     info = import_adm_checkpoint(preset, checkpoint, out)
     for key, value in (("preset", info["preset"]), ("kind", info["kind"]),
-                       ("parameters", f"{info['config']['parameters']:,}"), ("source", checkpoint),
+                       ("parameters", f"{info['config']['import']['parameters']:,}"), ("source", checkpoint),
                        ("source sha256", info["source_sha256"]), ("out", info["out"]),
                        ("out sha256", sha256_file(info["out"]))):
         typer.echo(f"{key}: {value}")

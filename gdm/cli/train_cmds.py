@@ -12,7 +12,12 @@ from gdm.cli.common import ParamsOpt, QuietOpt, SetOpt, config_from
 
 VariantOpt = typer.Option("cond", "--variant", "-v", help="Model variant from pipeline.models / pipeline.ablations.")
 OutOpt = typer.Option(None, "--out", "-o", help="Output directory (default: under pipeline.runs_dir).")
-ResumeOpt = typer.Option(True, "--resume/--no-resume", help="Continue from the newest checkpoint if one exists.")
+ResumeOpt = typer.Option(True, "--resume/--no-resume",
+                         help="Continue from the newest checkpoint if one exists (--no-resume keeps old ones aside).")
+MismatchOpt = typer.Option(
+    False, "--restart-on-mismatch",
+    help="If the checkpoints were made with another configuration, keep them aside and start afresh "
+         "(default: refuse with an error that lists the differing keys).")
 
 
 def _print_result(title: str, result: dict) -> None:
@@ -34,12 +39,15 @@ def train(params: ParamsOpt = "params.yaml", set_: SetOpt = None, variant: str =
 
 @app.command("train-classifier")
 def train_classifier(params: ParamsOpt = "params.yaml", set_: SetOpt = None, out: Path | None = OutOpt,
-                     resume: bool = ResumeOpt, quiet: QuietOpt = False) -> None:
+                     resume: bool = ResumeOpt, restart_on_mismatch: bool = MismatchOpt,
+                     quiet: QuietOpt = False) -> None:
     """Train the noisy classifier on x_t (same schedule as the diffusion model); accuracy per t-quartile."""
     from gdm import stages
 
     cfg = config_from(params, set_)
-    _print_result("train-classifier", stages.train_classifier(cfg, out=out, resume=resume, progress=not quiet))
+    result = stages.train_classifier(cfg, out=out, resume=resume, progress=not quiet,
+                                     restart_on_mismatch=restart_on_mismatch)
+    _print_result("train-classifier", result)
 
 
 @app.command()

@@ -43,6 +43,11 @@ class Manifest:
     def content_hash(self) -> str:
         return self.raw["content_hash"]
 
+    def info(self) -> dict[str, Any]:
+        """What checkpoints record about the data they were trained on."""
+        return {"dataset": str(self.path), "content_hash": self.content_hash, "resolution": self.resolution,
+                "channels": self.channels, "num_classes": self.num_classes}
+
     def shards(self, split: str) -> list[Path]:
         return [self.path / s for s in self.raw["shards"] if s.startswith(f"{split}-")]
 

@@ -91,28 +91,31 @@ def import_adm_checkpoint(preset: str | Preset, checkpoint: str | Path,
         "model": model.state_dict(),
         "source_sha256": sha256_file(checkpoint),
         "config": {
-            "source": checkpoint.name,
-            "source_dtypes": sorted({str(v.dtype) for v in state.values()}),
-            "parameters": count_parameters(model),
-            "description": preset.description,
-            "recipe": dict(preset.recipe),
+            "import": {
+                "source": checkpoint.name,
+                "source_dtypes": sorted({str(v.dtype) for v in state.values()}),
+                "parameters": count_parameters(model),
+                "description": preset.description,
+                "recipe": dict(preset.recipe),
+            },
         },
+        "data": _data_of(preset),
     }
+    if "noise_schedule" in preset.recipe:  # what sampling needs, recorded as gdm's own checkpoints do
+        diffusion = {"noise_schedule": preset.recipe["noise_schedule"],
+                     "diffusion_steps": preset.recipe.get("diffusion_steps", 1000),
+                     "loss_type": "hybrid", "timestep_sampler": "uniform"}
+        payload["config"]["diffusion"] = diffusion
+        if preset.kind == "classifier":
+            payload["diffusion"] = diffusion
     save_checkpoint(out, payload)
     summary = {k: v for k, v in payload.items() if k != "model"}
     summary["out"] = str(out)
     return summary
 
 
-def load_gdm_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the network stored in a gdm-checkpoint-v1 file and load its weights strictly."""
-    payload = load_checkpoint(path, map_location="cpu")
-    if payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: 'format' is {payload.get('format')!r}, expected {FORMAT!r}"
-                              " (import released checkpoints with import_adm_checkpoint first)")
-    for key in ("kind", "model_kwargs", "model"):
-        if key not in payload:
-            raise CheckpointError(f"{path}: key {key!r} is missing from the checkpoint")
-    model = build_model(payload["kind"], payload["model_kwargs"], device="meta")
-    load_released_state_dict(model, payload["model"], path)
-    return model.to(device)
+def _data_of(preset: Preset) -> dict[str, Any]:
+    kw = preset.kwargs
+    classes = kw.get("out_channels") if preset.kind == "classifier" else kw.get("num_classes")
+    return {"resolution": kw.get("image_size", kw.get("large_size")), "channels": kw["in_channels"],
+            "num_classes": int(classes or 0)}

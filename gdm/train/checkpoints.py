@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from gdm.errors import CheckpointError
 from gdm.io import load_checkpoint, save_checkpoint
 
 _NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
@@ -42,3 +43,46 @@ class CheckpointDir:
         for old in self.steps()[: -self.keep]:
             self.path(old).unlink(missing_ok=True)
         return path
+
+    def archive(self) -> Path | None:
+        """Move existing checkpoints aside (`checkpoints.replaced-<n>`): a fresh run loses nothing."""
+        if not self.steps():
+            return None
+        n = 1
+        while (dest := self.root.with_name(f"{self.root.name}.replaced-{n}")).exists():
+            n += 1
+        self.root.rename(dest)
+        return dest
+
+    def resume_state(self, fingerprint: dict[str, Any], *, resume: bool, restart_on_mismatch: bool) -> dict | None:
+        """The newest checkpoint to continue from, or None to start fresh.
+
+        A checkpoint made with a different fingerprint (the config keys and data that shape the run)
+        is never resumed silently: it raises, or with `restart_on_mismatch` is archived.
+        """
+        if not resume:
+            self.archive()
+            return None
+        state = self.load_latest()
+        if state is None:
+            return None
+        old = state.get("fingerprint", {})
+        diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+        if not diff:
+            return state
+        if restart_on_mismatch:
+            self.archive()
+            return None
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {fingerprint.get(k)!r}" for k in diff[:6])
+        raise CheckpointError(
+            f"{self.latest()} was made with a different configuration ({shown}); refusing to resume it. "
+            "Use --no-resume to start afresh (the old checkpoints are kept as checkpoints.replaced-N)."
+        )
+
+
+def fingerprint(flat_config: dict[str, Any], sections: tuple[str, ...], exclude: set[str],
+                data_hash: str) -> dict[str, Any]:
+    """The config keys that shape a training run (`section.key` -> value) plus the data's content hash."""
+    fp = {k: v for k, v in flat_config.items() if k.split(".")[0] in sections and k not in exclude}
+    fp["data.content_hash"] = data_hash
+    return fp

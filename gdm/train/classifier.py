@@ -21,12 +21,11 @@ from gdm.data.dataset import PreparedDataset, read_manifest
 from gdm.diffusion import build_schedule, model_timesteps, q_sample, sample_seed
 from gdm.errors import ConfigError
 from gdm.io import save_checkpoint
-from gdm.models import FORMAT, build, classifier_kwargs
+from gdm.models import FORMAT, build, classifier_kwargs, resolve_device
 from gdm.progress import SILENT, Bar
 from gdm.train.batches import BatchOrder, step_generator
-from gdm.train.checkpoints import CheckpointDir
-from gdm.train.diffusion import _data_info
-from gdm.train.optim import NonFiniteLoss, Precision, lr_at, resolve_device, set_lr
+from gdm.train.checkpoints import CheckpointDir, fingerprint
+from gdm.train.optim import NonFiniteLoss, Precision, lr_at, set_lr
 from gdm.train.runlog import MetricsLog
 
 MODEL_FILE = "classifier.pt"
@@ -53,8 +52,13 @@ def accuracy_by_quartile(model: torch.nn.Module, schedule, images: torch.Tensor,
     return accs
 
 
+NOT_FINGERPRINTED = {"classifier_train.steps", "classifier_train.log_every", "classifier_train.checkpoint_every",
+                     "classifier_train.keep_checkpoints", "classifier_train.eval_every", "classifier_train.device"}
+
+
 def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *, resume: bool = True,
-                     progress: Bar = SILENT, on_log: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+                     restart_on_mismatch: bool = False, progress: Bar = SILENT,
+                     on_log: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
     tc = cfg.classifier_train
     run_dir = Path(run_dir)
     manifest = read_manifest(dataset_dir)
@@ -73,18 +77,21 @@ def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, 
     log = MetricsLog(run_dir / "metrics.csv")
     log.extra["num_parameters"] = sum(p.numel() for p in model.parameters())
     start = 0
-    state = ckpts.load_latest() if resume else None
+    fp = fingerprint(cfg.flat(), ("classifier", "diffusion", "classifier_train"), NOT_FINGERPRINTED,
+                     manifest.content_hash)
+    state = ckpts.resume_state(fp, resume=resume, restart_on_mismatch=restart_on_mismatch)
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         precision.scaler.load_state_dict(state["scaler"])
         start = int(state["step"])
-        log.truncate(start)
+    log.truncate(start)
 
     def payload(step: int) -> dict[str, Any]:
         return {"format": FORMAT, "kind": "classifier", "model_kwargs": kwargs, "model": model.state_dict(),
                 "optimizer": opt.state_dict(), "scaler": precision.scaler.state_dict(), "step": step,
-                "config": cfg.to_dict(), "diffusion": cfg.diffusion.model_dump(), "data": _data_info(manifest)}
+                "config": cfg.to_dict(), "diffusion": cfg.diffusion.model_dump(), "data": manifest.info(),
+                "fingerprint": fp}
 
     t0, seen = time.perf_counter(), 0
     progress.advance(start)

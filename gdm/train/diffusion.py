@@ -22,17 +22,16 @@ from gdm.config import Config
 from gdm.data.dataset import PreparedDataset, read_manifest
 from gdm.diffusion import build_schedule, create_timestep_sampler, sample_seed, training_losses
 from gdm.errors import ConfigError
-from gdm.models import FORMAT, build, unet_kwargs
+from gdm.models import FORMAT, build, resolve_device, unet_kwargs
 from gdm.progress import SILENT, Bar
 from gdm.train.batches import BatchOrder, step_generator
-from gdm.train.checkpoints import CheckpointDir
+from gdm.train.checkpoints import CheckpointDir, fingerprint
 from gdm.train.optim import (
     NonFiniteLoss,
     Precision,
     ema_rate,
     ema_update,
     lr_at,
-    resolve_device,
     set_lr,
 )
 from gdm.train.runlog import MetricsLog
@@ -50,8 +49,14 @@ def check_labels(cfg: Config, manifest) -> None:
         )
 
 
+# Keys that do not change what a run computes: changing them still resumes (steps extends the run).
+NOT_FINGERPRINTED = {"train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                     "train.device", "train.num_workers"}
+
+
 def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *, resume: bool = True,
-                    progress: Bar = SILENT, on_log: OnLog | None = None) -> dict[str, Any]:
+                    restart_on_mismatch: bool = False, progress: Bar = SILENT,
+                    on_log: OnLog | None = None) -> dict[str, Any]:
     tc = cfg.train
     run_dir = Path(run_dir)
     manifest = read_manifest(dataset_dir)
@@ -72,24 +77,25 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
     log = MetricsLog(run_dir / "metrics.csv")
     log.extra["num_parameters"] = sum(p.numel() for p in model.parameters())
     start, ema_updates = 0, 0
+    fp = fingerprint(cfg.flat(), ("unet", "diffusion", "train"), NOT_FINGERPRINTED, manifest.content_hash)
 
-    state = ckpts.load_latest() if resume else None
+    state = ckpts.resume_state(fp, resume=resume, restart_on_mismatch=restart_on_mismatch)
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         precision.scaler.load_state_dict(state["scaler"])
         ts_sampler.load_state_dict(state["timestep_sampler"])
-        ema = state["ema"]
+        ema = {r: {k: v.to(device) for k, v in sd.items()} for r, sd in state["ema"].items()}
         start, ema_updates = int(state["step"]), int(state["ema_updates"])
-        log.truncate(start)
+    log.truncate(start)
 
     def payload(step: int) -> dict[str, Any]:
         return {
             "format": FORMAT, "kind": "unet", "model_kwargs": kwargs, "model": model.state_dict(),
             "ema": ema, "ema_use": str(tc.ema_rates[0]), "optimizer": opt.state_dict(),
             "scaler": precision.scaler.state_dict(), "timestep_sampler": ts_sampler.state_dict(),
-            "step": step, "ema_updates": ema_updates, "config": cfg.to_dict(),
-            "data": _data_info(manifest), "rng": {"torch": torch.get_rng_state()},
+            "step": step, "ema_updates": ema_updates, "config": cfg.to_dict(), "fingerprint": fp,
+            "data": manifest.info(), "rng": {"torch": torch.get_rng_state()},
         }
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -121,7 +127,6 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
             for k in totals:
                 if k in terms:
                     totals[k] += float(terms[k].detach().float().sum()) / len(idx)
-        ts_sampler.update(t, torch.cat(per_sample))
         if not all(map(_finite, totals.values())):
             bad_streak += 1
             if tc.precision != "fp16" or bad_streak > 20:
@@ -131,6 +136,7 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
                 )
         else:
             bad_streak = 0
+            ts_sampler.update(t, torch.cat(per_sample))  # never feed a NaN into the importance sampler
         stepped, gnorm = precision.step(opt, params, tc.grad_clip)
         if stepped:
             for r in tc.ema_rates:
@@ -165,8 +171,3 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
 def _finite(v: float) -> bool:
     return math.isfinite(v)
 
-
-def _data_info(manifest) -> dict[str, Any]:
-    return {"dataset": str(manifest.path), "content_hash": manifest.content_hash,
-            "resolution": manifest.resolution, "channels": manifest.channels,
-            "num_classes": manifest.num_classes}

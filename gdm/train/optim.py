@@ -15,15 +15,6 @@ class NonFiniteLoss(GdmError):
     """The loss became NaN/inf: the run stops, the last good checkpoint stays."""
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GdmError(f"device '{name}' requested but CUDA is not available (use device: auto or cpu)")
-    return dev
-
-
 def lr_at(step: int, base_lr: float, schedule: str, total_steps: int, warmup_steps: int = 0) -> float:
     """constant; warmup (linear ramp for warmup_steps, then constant); linear (ramp, then anneal to 0)."""
     lr = base_lr

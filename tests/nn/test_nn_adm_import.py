@@ -6,8 +6,9 @@ from nn_helpers import tiny_unet_kwargs
 
 from gdm.errors import CheckpointError
 from gdm.io import load_checkpoint, sha256_file
+from gdm.models import load_model
 from gdm.nn import UNet
-from gdm.nn.adm_import import import_adm_checkpoint, load_gdm_model, load_released_state_dict
+from gdm.nn.adm_import import import_adm_checkpoint, load_released_state_dict
 from gdm.nn.presets import Preset
 
 
@@ -26,14 +27,14 @@ def test_round_trip_of_a_released_layout_state_dict(tmp_path, randomize):
     info = import_adm_checkpoint(preset, src, tmp_path / "ours.pt")
     assert info["format"] == "gdm-checkpoint-v1" and info["kind"] == "unet"
     assert info["preset"] == "tiny" and info["source_sha256"] == sha256_file(src)
-    assert info["config"]["parameters"] == sum(p.numel() for p in source.parameters())
+    assert info["config"]["import"]["parameters"] == sum(p.numel() for p in source.parameters())
     payload = load_checkpoint(tmp_path / "ours.pt")
     assert payload["model_kwargs"] == preset.kwargs
     for key, value in source.state_dict().items():
         expected = value.half().float() if "input_blocks" in key else value
         assert payload["model"][key].dtype == torch.float32
         assert torch.equal(payload["model"][key], expected), key
-    model = load_gdm_model(tmp_path / "ours.pt")
+    model = load_model(tmp_path / "ours.pt")[0]
     assert not next(model.parameters()).is_meta
     x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([4, 40]), torch.tensor([0, 3])
     source.load_state_dict(payload["model"])
@@ -90,4 +91,25 @@ def test_gdm_model_loader_checks_format(tmp_path):
     path = tmp_path / "plain.pt"
     torch.save(UNet(**tiny_unet_kwargs()).state_dict(), path)
     with pytest.raises(CheckpointError, match="gdm-checkpoint-v1"):
-        load_gdm_model(path)
+        load_model(path)
+
+
+def test_an_imported_checkpoint_can_be_sampled(tmp_path):
+    """The import records the released recipe (schedule, steps) and data shape that sampling reads."""
+    import numpy as np
+
+    from gdm.config import SampleConfig
+    from gdm.metrics.npz import read_samples
+    from gdm.nn.presets import Preset
+    from gdm.sampling import sample
+
+    kwargs = {**tiny_unet_kwargs(), "num_classes": None}
+    preset = Preset("tiny-uncond", "unet", kwargs, "test", recipe={"noise_schedule": "linear",
+                                                                   "diffusion_steps": 50})
+    src = tmp_path / "released.pt"
+    torch.save(UNet(**kwargs).state_dict(), src)
+    import_adm_checkpoint(preset, src, tmp_path / "ours.pt")
+    sc = SampleConfig(respacing="4", num_samples=2, batch_size=2, chunk_size=2, device="cpu")
+    run = sample(tmp_path / "ours.pt", tmp_path / "samples", sc, 0.0)
+    images, labels = read_samples(run.npz)
+    assert images.shape[0] == 2 and np.all(labels == -1)

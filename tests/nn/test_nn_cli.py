@@ -9,8 +9,8 @@ from nn_helpers import tiny_unet_kwargs
 
 from gdm.cli import main
 from gdm.io import load_checkpoint, sha256_file
+from gdm.models import load_model
 from gdm.nn import PRESETS, UNet
-from gdm.nn.adm_import import load_gdm_model
 from gdm.nn.presets import Preset
 
 # ADM.md "Released models" (exact parameter counts of the released checkpoints)
@@ -92,7 +92,7 @@ def test_import_adm_round_trip_through_the_cli(tmp_path, params, capsys, monkeyp
     assert lines["parameters"] == f"{sum(p.numel() for p in source.parameters()):,}"
     payload = load_checkpoint(dst)
     assert payload["format"] == "gdm-checkpoint-v1" and payload["preset"] == "tiny-cli"
-    model = load_gdm_model(dst)
+    model = load_model(dst)[0]
     for key, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
 

@@ -117,3 +117,41 @@ def test_lr_schedules_and_ema_warmup():
     assert lr_at(5, 1.0, "linear", 10) == pytest.approx(0.5)
     assert ema_rate(0.999, 0, True) == pytest.approx(0.1) and ema_rate(0.999, 10**6, True) == 0.999
     assert ema_rate(0.999, 0, False) == 0.999
+
+
+def test_resume_refuses_a_changed_configuration_and_restart_keeps_old_checkpoints(tmp_path, digits_dir):
+    from gdm.errors import CheckpointError
+
+    cfg = tiny_config(tmp_path, train={"steps": 3})
+    out = tmp_path / "run"
+    train_diffusion(cfg, digits_dir, out)
+    longer = cfg.with_overrides({"train.steps": 6})  # not fingerprinted: extends the same run
+    assert train_diffusion(longer, digits_dir, out)["resumed_from"] == 3
+    changed = longer.with_overrides({"train.lr": 1e-3})
+    with pytest.raises(CheckpointError, match=r"train.lr: 0.0003 -> 0.001.*--no-resume"):
+        train_diffusion(changed, digits_dir, out)
+    r = train_diffusion(changed, digits_dir, out, restart_on_mismatch=True)
+    assert r["resumed_from"] == 0
+    assert (out / "checkpoints.replaced-1" / "ckpt-00000006.pt").is_file()  # nothing lost
+    assert (out / "metrics.csv").read_text().count("\n") == 7  # the old run's rows are not mixed in
+
+
+def test_nan_loss_never_reaches_the_importance_sampler(tmp_path, digits_dir, monkeypatch):
+    import gdm.train.diffusion as td
+
+    cfg = tiny_config(tmp_path, train={"steps": 3, "precision": "fp16", "device": "cpu"},
+                      diffusion={"timestep_sampler": "loss-second-moment"})
+    real = td.training_losses
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        terms = real(*a, **k)
+        if calls["n"] == 2:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(td, "training_losses", poisoned)
+    r = train_diffusion(cfg, digits_dir, tmp_path / "run")  # fp16 skips the bad step and carries on
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "ckpt-00000003.pt")["timestep_sampler"]
+    assert torch.isfinite(state["loss_history"]).all() and math.isfinite(r["loss"])
