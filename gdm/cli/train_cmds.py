@@ -29,12 +29,15 @@ def _print_result(title: str, result: dict) -> None:
 
 @app.command()
 def train(params: ParamsOpt = "params.yaml", set_: SetOpt = None, variant: str = VariantOpt,
-          out: Path | None = OutOpt, resume: bool = ResumeOpt, quiet: QuietOpt = False) -> None:
+          out: Path | None = OutOpt, resume: bool = ResumeOpt, restart_on_mismatch: bool = MismatchOpt,
+          quiet: QuietOpt = False) -> None:
     """Train the diffusion UNet of one variant (EMA, mixed precision, atomic checkpoints, exact resume)."""
     from gdm import stages
 
     cfg = config_from(params, set_)
-    _print_result(f"train {variant}", stages.train(cfg, variant, out=out, resume=resume, progress=not quiet))
+    result = stages.train(cfg, variant, out=out, resume=resume, progress=not quiet,
+                          restart_on_mismatch=restart_on_mismatch)
+    _print_result(f"train {variant}", result)
 
 
 @app.command("train-classifier")
