@@ -1,5 +1,7 @@
 """Shared helpers for the gdm.nn tests (a uniquely named module, not a conftest)."""
 
+import os
+
 import torch
 
 
@@ -25,3 +27,30 @@ def tiny_unet_kwargs(**overrides):
           "num_res_blocks": 1, "attention_resolutions": (8,), "num_head_channels": 32}
     kw.update(overrides)
     return kw
+
+
+# ADM.md "Released models" (exact parameter counts of the released checkpoints)
+TABLE = {
+    "adm-64": 295_904_454,
+    "adm-128": 421_529_606,
+    "adm-256": 553_838_086,
+    "adm-256-uncond": 552_814_086,
+    "adm-512": 558_997_638,
+    "adm-lsun": 552_814_086,
+    "adm-upsampler-64-256": 311_795_910,
+    "adm-upsampler-128-512": 308_835_270,
+    "adm-classifier-64": 65_438_568,
+    "adm-classifier-128": 42_568_040,
+    "adm-classifier-256": 54_096_360,
+    "adm-classifier-512": 54_448_360,
+}
+
+
+class Payload:
+    """Unpickling this would create a directory: a stand-in for arbitrary code execution."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))

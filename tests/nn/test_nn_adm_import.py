@@ -1,8 +1,7 @@
-import os
 
 import pytest
 import torch
-from nn_helpers import tiny_unet_kwargs
+from nn_helpers import Payload, tiny_unet_kwargs
 
 from gdm.errors import CheckpointError
 from gdm.io import load_checkpoint, sha256_file
@@ -68,14 +67,6 @@ def test_wrong_preset_is_refused(tmp_path):
     assert not (tmp_path / "out.pt").exists()
 
 
-class Payload:
-    """Unpickling this would create a directory: a stand-in for arbitrary code execution."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (os.mkdir, (self.path,))
 
 
 def test_pickle_payload_is_refused(tmp_path):

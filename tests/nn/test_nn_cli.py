@@ -1,33 +1,16 @@
 """`gdm presets` and `gdm import-adm`, run in-process through `gdm.cli.main`."""
 
 import json
-import os
 
 import pytest
 import torch
-from nn_helpers import tiny_unet_kwargs
+from nn_helpers import TABLE, Payload, tiny_unet_kwargs
 
 from gdm.cli import main
 from gdm.io import load_checkpoint, sha256_file
 from gdm.models import load_model
 from gdm.nn import PRESETS, UNet
 from gdm.nn.presets import Preset
-
-# ADM.md "Released models" (exact parameter counts of the released checkpoints)
-TABLE = {
-    "adm-64": 295_904_454,
-    "adm-128": 421_529_606,
-    "adm-256": 553_838_086,
-    "adm-256-uncond": 552_814_086,
-    "adm-512": 558_997_638,
-    "adm-lsun": 552_814_086,
-    "adm-upsampler-64-256": 311_795_910,
-    "adm-upsampler-128-512": 308_835_270,
-    "adm-classifier-64": 65_438_568,
-    "adm-classifier-128": 42_568_040,
-    "adm-classifier-256": 54_096_360,
-    "adm-classifier-512": 54_448_360,
-}
 
 
 @pytest.fixture
@@ -107,14 +90,6 @@ def test_import_adm_unknown_preset_names_it_and_lists_known(tmp_path, params, ca
     assert not (tmp_path / "out.pt").exists()
 
 
-class Payload:
-    """Unpickling this would create a directory: a stand-in for arbitrary code execution."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (os.mkdir, (self.path,))
 
 
 def test_import_adm_refuses_a_pickle_payload(tmp_path, params, capsys):

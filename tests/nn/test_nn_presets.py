@@ -1,24 +1,9 @@
 import pytest
+from nn_helpers import TABLE
 
 from gdm.errors import ConfigError
 from gdm.nn import PRESETS, EncoderUNet, SuperResUNet, UNet, build_preset, count_parameters
 from gdm.nn.presets import default_channel_mult
-
-# ADM.md "Released models" (exact parameter counts of the released checkpoints)
-TABLE = {
-    "adm-64": 295_904_454,
-    "adm-128": 421_529_606,
-    "adm-256": 553_838_086,
-    "adm-256-uncond": 552_814_086,
-    "adm-512": 558_997_638,
-    "adm-lsun": 552_814_086,
-    "adm-upsampler-64-256": 311_795_910,
-    "adm-upsampler-128-512": 308_835_270,
-    "adm-classifier-64": 65_438_568,
-    "adm-classifier-128": 42_568_040,
-    "adm-classifier-256": 54_096_360,
-    "adm-classifier-512": 54_448_360,
-}
 
 
 def test_every_released_model_has_a_preset():
