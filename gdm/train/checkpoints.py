@@ -54,7 +54,8 @@ class CheckpointDir:
         self.root.rename(dest)
         return dest
 
-    def resume_state(self, fingerprint: dict[str, Any], *, resume: bool, restart_on_mismatch: bool) -> dict | None:
+    def resume_state(self, fingerprint: dict[str, Any], *, resume: bool, restart_on_mismatch: bool,
+                     max_step: int) -> dict | None:
         """The newest checkpoint to continue from, or None to start fresh.
 
         A checkpoint made with a different fingerprint (the config keys and data that shape the run)
@@ -68,12 +69,14 @@ class CheckpointDir:
             return None
         old = state.get("fingerprint", {})
         diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-        if not diff:
+        if not diff and int(state["step"]) <= max_step:
             return state
         if restart_on_mismatch:
             self.archive()
             return None
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {fingerprint.get(k)!r}" for k in diff[:6])
+        if not diff:
+            shown = f"it is at step {state['step']}, past the {max_step} steps asked for"
         raise CheckpointError(
             f"{self.latest()} was made with a different configuration ({shown}); refusing to resume it. "
             "Use --no-resume to start afresh (the old checkpoints are kept as checkpoints.replaced-N)."

@@ -79,7 +79,7 @@ def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, 
     start = 0
     fp = fingerprint(cfg.flat(), ("classifier", "diffusion", "classifier_train"), NOT_FINGERPRINTED,
                      manifest.content_hash)
-    state = ckpts.resume_state(fp, resume=resume, restart_on_mismatch=restart_on_mismatch)
+    state = ckpts.resume_state(fp, resume=resume, restart_on_mismatch=restart_on_mismatch, max_step=tc.steps)
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])

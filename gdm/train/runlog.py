@@ -30,6 +30,7 @@ class MetricsLog:
         return dict(self.rows[-1]) if self.rows else {}
 
     def write(self) -> None:
+        write_json(self.path.with_suffix(".json"), {**self.last(), **self.extra})
         if not self.rows:
             return
         fields = list(dict.fromkeys(k for r in self.rows for k in r))
@@ -38,7 +39,6 @@ class MetricsLog:
         w.writeheader()
         w.writerows(self.rows)
         write_bytes(self.path, buf.getvalue().encode())
-        write_json(self.path.with_suffix(".json"), {**self.last(), **self.extra})
 
 
 def _num(v: str) -> Any:

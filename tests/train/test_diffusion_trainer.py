@@ -155,3 +155,16 @@ def test_nan_loss_never_reaches_the_importance_sampler(tmp_path, digits_dir, mon
     r = train_diffusion(cfg, digits_dir, tmp_path / "run")  # fp16 skips the bad step and carries on
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "ckpt-00000003.pt")["timestep_sampler"]
     assert torch.isfinite(state["loss_history"]).all() and math.isfinite(r["loss"])
+
+
+def test_a_checkpoint_past_the_requested_steps_is_not_resumed(tmp_path, digits_dir):
+    from gdm.errors import CheckpointError
+
+    cfg = tiny_config(tmp_path, train={"steps": 6})
+    out = tmp_path / "run"
+    train_diffusion(cfg, digits_dir, out)
+    shorter = cfg.with_overrides({"train.steps": 3})
+    with pytest.raises(CheckpointError, match="at step 6, past the 3 steps"):
+        train_diffusion(shorter, digits_dir, out)
+    r = train_diffusion(shorter, digits_dir, out, restart_on_mismatch=True)
+    assert r["resumed_from"] == 0 and r["step"] == 3
