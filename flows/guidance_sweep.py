@@ -10,6 +10,7 @@ import flows  # noqa: F401
 from flows.pipeline import run_stages
 from gdm import stages as st
 from gdm.config import load_config
+from gdm.pipeline import scale_tag, stage_graph
 
 
 @flow(name="gdm-guidance-sweep", log_prints=True)
@@ -19,13 +20,14 @@ def guidance_sweep(params: str = "params.yaml", overrides: list[str] | None = No
     """Sample and score `variant` at every (sampler, scale); trains what is missing (cached otherwise)."""
     over = list(overrides or [])
     if scales:
-        over.append(f"sample.scales=[{', '.join(repr(float(s)) for s in scales)}]")
+        over.append(f"sample.scales=[{', '.join(scale_tag(s) for s in scales)}]")
     if samplers:
         over.append(f"pipeline.samplers=[{', '.join(samplers)}]")
     cfg = load_config(params, over)
-    wanted = {"prepare", "train-classifier", "train-evaluator", f"train@{variant}"}
-    wanted |= {f"{k}@{variant}-{s}-{float(c)!r}" for k in ("sample", "evaluate")
-               for s in cfg.pipeline.samplers for c in cfg.sample.scales}
+    # the variant's main-pipeline stages and what they read, named as the DAG names them
+    wanted = {"prepare", "train-classifier", "train-evaluator"} | {
+        s.name for s in stage_graph(cfg, ablations=False)
+        if s.args.get("variant") == variant and s.kind in ("train", "sample", "evaluate")}
     with st.tracked(cfg, "guidance-sweep", f"guidance-sweep@{variant}") as parent:
         parent.log_params({"gdm.variant": variant, "sample.scales": list(cfg.sample.scales),
                            "pipeline.samplers": list(cfg.pipeline.samplers)})

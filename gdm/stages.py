@@ -59,9 +59,9 @@ def prepare(cfg: Config, progress: bool = True) -> Path:
     from gdm.data.prepare import prepare_dataset
     from gdm.data.sources import open_source
 
-    total = open_source(cfg.data.source, cfg.data.path, cfg.data.labels).count
-    with progress_bar(f"prepare {cfg.data.dataset_name}", total, enabled=progress) as bar:
-        return prepare_dataset(cfg.data, progress=bar)
+    source = open_source(cfg.data.source, cfg.data.path, cfg.data.labels)  # opened once (an archive is read once)
+    with progress_bar(f"prepare {cfg.data.dataset_name}", source.count, enabled=progress) as bar:
+        return prepare_dataset(cfg.data, progress=bar, source=source)
 
 
 @contextlib.contextmanager
@@ -159,14 +159,14 @@ SMALL_NPZ = 8 << 20  # sample files up to this size are logged to MLflow as arti
 def sample(cfg: Config, variant: str, scale: float, *, unet: Path | None = None, classifier: Path | None = None,
            out: Path | None = None, progress: bool = True, parent_run_id: str | None = None):
     """Stage `sample@<variant>-<sampler>-<scale>`: samples of one variant at one guidance scale."""
-    from gdm.pipeline import sample_dir
+    from gdm.pipeline import sample_dir, scale_tag
     from gdm.sampling import sample as run_sampling
 
     unet = Path(unet) if unet else unet_path(cfg, variant)
     if classifier is None and scale > 0:
         classifier = classifier_path(cfg)
     out = Path(out) if out else Path(sample_dir(cfg, variant, cfg.sample.sampler, scale))
-    name = f"sample@{variant}-{cfg.sample.sampler}-{scale!r}"
+    name = f"sample@{variant}-{cfg.sample.sampler}-{scale_tag(scale)}"
     with tracked(cfg, "sample", name, parent_run_id) as run:
         run.log_params({f"sample.{k}": v for k, v in cfg.sample.model_dump(mode="json").items()})
         run.log_params({"sample.scale": scale, "gdm.variant": variant})

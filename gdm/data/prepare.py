@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from gdm.config import DataConfig
 from gdm.data.preprocess import center_crop_resize, decode_png, encode_png, to_mode
-from gdm.data.sources import NO_LABEL, Record, open_source
+from gdm.data.sources import NO_LABEL, Record, SourceData, open_source
 from gdm.errors import DataError
 from gdm.io import write_json
 from gdm.progress import SILENT, Bar
@@ -68,9 +68,13 @@ def _process(rec: Record, cfg: DataConfig, allow_upscale: bool) -> tuple[bytes |
     return encode_png(image), None
 
 
-def prepare_dataset(cfg: DataConfig, progress: Bar = SILENT, out_dir: Path | None = None) -> Path:
-    """Run the preparation; returns the dataset directory. Raises DataError on bad input."""
-    data = open_source(cfg.source, cfg.path, cfg.labels)
+def prepare_dataset(cfg: DataConfig, progress: Bar = SILENT, out_dir: Path | None = None,
+                    source: SourceData | None = None) -> Path:
+    """Run the preparation; returns the dataset directory. Raises DataError on bad input.
+
+    `source` is the already opened `data` source (its count sizes a progress bar); opened here when None.
+    """
+    data = source if source is not None else open_source(cfg.source, cfg.path, cfg.labels)
     unconditional = cfg.labels == "none" or not data.class_names
     allow_upscale = cfg.source == "digits"  # digits are 8x8 and resizing them up is the point
     rows: list[dict[str, Any]] = []
