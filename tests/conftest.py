@@ -26,3 +26,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+# Shared S3 API server (moto, 127.0.0.1, random port) for any test module: s3_server, s3_env, s3_bucket.
+from tests.s3_fixtures import s3_bucket_fixture, s3_env_fixture, s3_server_fixture  # noqa: F401
