@@ -39,6 +39,7 @@ class DataConfig(_Section):
     on_bad_image: Literal["error", "skip"] = "error"
     shard_size: int = Field(4096, ge=1)  # rows per Parquet shard
     random_flip: bool = False  # reader augmentation (ADM uses it on ImageNet; not for digits)
+    shuffle_window: int = Field(16384, ge=1)  # reader: rows shuffled together (gdm.data.order); memory ~ window
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
@@ -178,6 +179,7 @@ class ClassifierTrainConfig(_Section):
     eval_every: int = Field(500, ge=1)
     seed: int = 1
     device: str = "auto"
+    num_workers: int = Field(0, ge=0)  # DataLoader workers decoding training batches
 
 
 class EvaluatorConfig(_Section):

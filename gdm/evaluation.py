@@ -21,6 +21,7 @@ import torch
 
 from gdm.config import Config
 from gdm.data.dataset import load_split_uint8, read_manifest
+from gdm.data.reader import RowReader
 from gdm.errors import DataError, GdmError
 from gdm.io import sha256_file, write_json
 from gdm.metrics import StatsCache, StatsKey, compute_metrics, read_reference_stats, read_samples
@@ -35,6 +36,7 @@ from gdm.metrics.evaluator import (
 from gdm.progress import SILENT, Bar
 
 EVALUATOR_FILE = "evaluator.pt"
+FEATURE_CHUNK = 4096  # images decoded at a time for reference features (a multiple of usual batch sizes)
 MIN_SAMPLES = 5  # precision/recall with k = 3 needs k + 1 points in each set
 
 
@@ -45,6 +47,10 @@ class Extractor:
     features: Callable[[np.ndarray], dict[str, np.ndarray]]  # uint8 NHWC -> {pool, spatial, logits...}
     image_shape: tuple[int, int, int] | None  # (H, W, C) it expects, None = any
     gives_labels: bool  # logits are dataset class ids (accuracy possible)
+    batch_size: int = 1  # images per forward pass (streamed chunks are a multiple of it: same numerics)
+
+    def chunk(self, target: int = FEATURE_CHUNK) -> int:
+        return self.batch_size * max(1, target // self.batch_size)
 
 
 def train_evaluator_model(cfg: Config, dataset_dir: str | Path, out_dir: str | Path,
@@ -54,17 +60,16 @@ def train_evaluator_model(cfg: Config, dataset_dir: str | Path, out_dir: str | P
     m = read_manifest(dataset_dir)
     if m.num_classes < 2:
         raise GdmError(f"train-evaluator: dataset {m.path} has no class labels")
-    xtr, ytr = load_split_uint8(dataset_dir, "train")
-    xva, yva = load_split_uint8(dataset_dir, "val")
+    train, val = RowReader(m, "train"), RowReader(m, "val")
     torch.manual_seed(ec.seed)
     net = EvaluatorNet(image_size=m.resolution, in_channels=m.channels, num_classes=m.num_classes,
                        width=ec.width, feature_dim=ec.feature_dim, seed=ec.seed)
     metrics = train_evaluator(
-        net, uint8_to_float(xtr), torch.from_numpy(ytr), uint8_to_float(xva), torch.from_numpy(yva),
+        net, train, val,
         steps=ec.steps, batch_size=ec.batch_size, lr=ec.lr, generator=torch.Generator().manual_seed(ec.seed),
         progress=lambda step, total, loss: progress.advance(loss=loss),
     )
-    metrics.update(dataset_hash=m.content_hash, train_images=len(ytr), val_images=len(yva))
+    metrics.update(dataset_hash=m.content_hash, train_images=len(train), val_images=len(val))
     out = Path(out_dir) / EVALUATOR_FILE
     save_evaluator(out, net, metrics)
     write_json(Path(out_dir) / "metrics.json", metrics)
@@ -79,7 +84,7 @@ def evaluator_extractor(path: str | Path, batch_size: int) -> Extractor:
     c = net.config
     return Extractor("evaluator", sha256_file(path),
                      lambda imgs: extract_features(net, uint8_to_float(imgs), batch_size),
-                     (c["image_size"], c["image_size"], c["in_channels"]), True)
+                     (c["image_size"], c["image_size"], c["in_channels"]), True, batch_size)
 
 
 def inception_extractor(weights: str | None, batch_size: int) -> Extractor:
@@ -91,7 +96,7 @@ def inception_extractor(weights: str | None, batch_size: int) -> Extractor:
         nchw = torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2)
         return {k: np.asarray(v, dtype=np.float64) for k, v in inc.extract(nchw, batch_size).items()}
 
-    return Extractor("inception", inc.weights_sha256, feats, None, False)
+    return Extractor("inception", inc.weights_sha256, feats, None, False, batch_size)
 
 
 def make_extractor(cfg: Config, evaluator_path: str | Path | None) -> Extractor:
@@ -117,9 +122,15 @@ def dataset_features(ex: Extractor, dataset_dir: str | Path, split: str, cache_d
     hit = cache.get(key)
     if hit is not None:
         return hit
-    images, _ = load_split_uint8(dataset_dir, split)
-    _check_shape(images, ex, f"{dataset_dir} ({split})")
-    feats = ex.features(images)
+    expected = (m.resolution, m.resolution, m.channels)
+    if ex.image_shape is not None and expected != ex.image_shape:
+        _check_shape(np.zeros((0, *expected), np.uint8), ex, f"{dataset_dir} ({split})")
+    parts: dict[str, list[np.ndarray]] = {}
+    chunk = ex.chunk()
+    for images, _ in RowReader(m, split, cache_rows=chunk).chunks_uint8(chunk):  # bounded memory
+        for k, v in ex.features(images).items():
+            parts.setdefault(k, []).append(v)
+    feats = {k: np.concatenate(v) for k, v in parts.items()}
     cache.put(key, feats)
     return feats
 

@@ -1,31 +1,41 @@
-"""Read prepared Parquet shards into torch.
+"""Prepared datasets: the manifest (the commit marker of a dataset) and tensor conversions.
 
-`PreparedDataset` decodes the PNG bytes of one split into float tensors in [-1, 1] (CHW), with an
-optional random horizontal flip. Small datasets are decoded once into memory; shards are read with
-pyarrow so the same code streams larger ones one shard at a time (`iter_batches`).
+A prepared dataset is a folder or an `s3://` prefix holding `manifest.json` and the Parquet shards
+it lists (`gdm.data.prepare`). `read_manifest` opens one; the streaming readers over its shards
+live in `gdm.data.reader`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
 from gdm.data.prepare import FORMAT, MANIFEST
-from gdm.data.preprocess import decode_png
+from gdm.data.storage import Location, location
 from gdm.errors import DataError
-from gdm.io import read_json
 
 
-@dataclass(frozen=True)
+@dataclass
 class Manifest:
-    path: Path
+    loc: Location
     raw: dict[str, Any]
+    _row_groups: dict[str, list[int]] = field(default_factory=dict, repr=False)
+
+    @property
+    def url(self) -> str:
+        return self.loc.url
+
+    @property
+    def path(self) -> Path | str:
+        """The dataset folder (a Path), or its s3:// URL (a str)."""
+        return self.loc.url if self.loc.remote else Path(self.loc.url)
 
     @property
     def num_classes(self) -> int:
@@ -48,38 +58,62 @@ class Manifest:
         return {"dataset": str(self.path), "content_hash": self.content_hash, "resolution": self.resolution,
                 "channels": self.channels, "num_classes": self.num_classes}
 
+    def shard_names(self, split: str) -> list[str]:
+        return [s for s in self.raw["shards"] if Path(s).name.startswith(f"{split}-")]
+
     def shards(self, split: str) -> list[Path]:
-        return [self.path / s for s in self.raw["shards"] if s.startswith(f"{split}-")]
+        return [Path(self.loc.url) / s for s in self.shard_names(split)]
+
+    def shard_url(self, name: str) -> str:
+        return self.loc.child(*name.split("/")).url
+
+    def open_shard(self, name: str) -> pq.ParquetFile:
+        """A shard's Parquet file, checked against the manifest (present, not truncated)."""
+        expected = (self.raw.get("shard_info") or {}).get(name, {}).get("bytes")
+        if expected is not None:
+            size = self.loc.size(name)
+            if size is None:
+                raise DataError(f"{self.shard_url(name)}: shard listed in {self.url}/{MANIFEST} is missing")
+            if size != expected:
+                raise DataError(f"{self.shard_url(name)}: shard is {size} bytes, the manifest says {expected} "
+                                "(truncated, or rewritten after the manifest was read)")
+        f = self.loc.open_input(name)
+        try:
+            return pq.ParquetFile(f)
+        except (OSError, pa.ArrowException) as exc:
+            raise DataError(f"{self.shard_url(name)}: not a readable Parquet shard (truncated or corrupt?): "
+                            f"{exc}") from None
+
+    def row_groups(self, name: str) -> list[int]:
+        """Rows per Parquet row group of a shard (from the manifest, else the shard's footer)."""
+        info = (self.raw.get("shard_info") or {}).get(name)
+        if info is not None:
+            return [int(r) for r in info["row_groups"]]
+        if name not in self._row_groups:
+            md = self.open_shard(name).metadata
+            self._row_groups[name] = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+        return self._row_groups[name]
 
 
 def read_manifest(dataset_dir: str | Path) -> Manifest:
-    d = Path(dataset_dir)
-    f = d / MANIFEST
-    if not f.is_file():
-        raise DataError(f"{d}: not a prepared dataset (no {MANIFEST}); run `gdm prepare` first")
-    raw = read_json(f)
-    if raw.get("format") != FORMAT:
-        raise DataError(f"{f}: unknown format {raw.get('format')!r}, expected {FORMAT!r}")
-    return Manifest(d, raw)
-
-
-def iter_shard_rows(paths: list[Path], columns: list[str]) -> Iterator[dict[str, Any]]:
-    for p in paths:
-        for batch in pq.ParquetFile(p).iter_batches(columns=columns, batch_size=1024):
-            yield from batch.to_pylist()
+    loc = location(dataset_dir)
+    if not loc.exists(MANIFEST):
+        raise DataError(f"{loc.url}: not a prepared dataset (no {MANIFEST}); run `gdm prepare` first")
+    try:
+        raw = json.loads(loc.read_bytes(MANIFEST))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{loc.url}/{MANIFEST}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+        raise DataError(f"{loc.url}/{MANIFEST}: unknown format {got!r}, expected {FORMAT!r}")
+    return Manifest(loc, raw)
 
 
 def load_split_uint8(dataset_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """All images of a split as uint8 NHWC plus int64 labels (-1 = none)."""
-    m = read_manifest(dataset_dir)
-    shards = m.shards(split)
-    if not shards:
-        raise DataError(f"{m.path}: split '{split}' is empty")
-    images, labels = [], []
-    for row in iter_shard_rows(shards, ["image", "label"]):
-        images.append(decode_png(row["image"]))
-        labels.append(row["label"])
-    return np.stack(images), np.asarray(labels, dtype=np.int64)
+    """All images of a split as uint8 NHWC plus int64 labels (-1 = none): small splits only."""
+    from gdm.data.reader import load_split
+
+    return load_split(read_manifest(dataset_dir), split)
 
 
 def to_float(images_uint8_nhwc: np.ndarray) -> torch.Tensor:
@@ -92,39 +126,3 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     """float NCHW in [-1, 1] -> uint8 NHWC (ADM's rounding: ((x+1)*127.5).clamp(0,255).to(uint8))."""
     y = ((x.detach().float() + 1) * 127.5).clamp(0, 255).to(torch.uint8)
     return y.permute(0, 2, 3, 1).cpu().numpy()
-
-
-class PreparedDataset(torch.utils.data.Dataset):
-    """One split of a prepared dataset as (image [-1,1] CHW float32, label int64)."""
-
-    def __init__(self, dataset_dir: str | Path, split: str = "train", random_flip: bool = False):
-        self.manifest = read_manifest(dataset_dir)
-        images, labels = load_split_uint8(dataset_dir, split)
-        self.images = to_float(images)
-        self.labels = torch.from_numpy(labels)
-        self.random_flip = random_flip
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.images[i]
-        if self.random_flip and torch.rand(()) < 0.5:
-            x = x.flip(-1)
-        return x, self.labels[i]
-
-
-def infinite_batches(
-    ds: PreparedDataset, batch_size: int, generator: torch.Generator
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled epochs forever from an explicit generator (restorable for exact resume)."""
-    n = len(ds)
-    while True:
-        perm = torch.randperm(n, generator=generator)
-        for start in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
-            idx = perm[start : start + batch_size]
-            x = ds.images[idx]
-            if ds.random_flip:
-                flip = torch.rand(len(idx), generator=generator) < 0.5
-                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            yield x, ds.labels[idx]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,11 @@ from torch import nn
 
 from gdm.errors import CheckpointError, GdmError
 from gdm.io import load_checkpoint, save_checkpoint
+
+if TYPE_CHECKING:
+    from gdm.data.reader import RowReader, TensorRows
+
+    Rows = RowReader | TensorRows
 
 
 class EvaluatorNet(nn.Module):
@@ -135,10 +141,8 @@ def uint8_to_float(images_nhwc: np.ndarray) -> torch.Tensor:
 
 def train_evaluator(
     net: EvaluatorNet,
-    train_images: torch.Tensor,
-    train_labels: torch.Tensor,
-    val_images: torch.Tensor,
-    val_labels: torch.Tensor,
+    train: Rows,
+    val: Rows,
     *,
     steps: int,
     batch_size: int,
@@ -148,9 +152,11 @@ def train_evaluator(
     max_shift: int | None = None,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> dict[str, float]:
-    """AdamW + cross-entropy with random translations, cosine lr decay; returns metrics."""
-    if train_images.shape[0] != train_labels.shape[0] or val_images.shape[0] != val_labels.shape[0]:
-        raise GdmError("train_evaluator: images and labels differ in length")
+    """AdamW + cross-entropy with random translations, cosine lr decay; returns metrics.
+
+    `train` and `val` are row sources (`gdm.data.reader.RowReader` over a prepared split, or
+    `TensorRows` over tensors): each step takes a uniformly drawn batch of training rows.
+    """
     shift = max_shift if max_shift is not None else max(1, net.config["image_size"] // 8)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -158,11 +164,12 @@ def train_evaluator(
     )
     net.train()
     losses = []
-    n = train_images.shape[0]
+    n = len(train)
     for step in range(steps):
         idx = torch.randint(0, n, (min(batch_size, n),), generator=generator)
-        x = random_translate(train_images[idx].float(), shift, generator)
-        loss = F.cross_entropy(net(x), train_labels[idx].long())
+        images, labels = train.take(idx)
+        x = random_translate(images.float(), shift, generator)
+        loss = F.cross_entropy(net(x), labels.long())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -170,7 +177,9 @@ def train_evaluator(
         losses.append(loss.item())
         if progress is not None:
             progress(step + 1, steps, losses[-1])
-    logits = torch.from_numpy(extract_features(net, val_images)["logits"])
+    chunks = [(extract_features(net, x)["logits"], y) for x, y in val.chunks(512)]
+    logits = torch.from_numpy(np.concatenate([c[0] for c in chunks]))
+    val_labels = torch.cat([c[1] for c in chunks])
     val_loss = F.cross_entropy(logits, val_labels.long()).item()
     val_acc = (logits.argmax(1) == val_labels.long()).double().mean().item()
     net.eval()

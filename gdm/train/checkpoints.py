@@ -83,9 +83,13 @@ class CheckpointDir:
         )
 
 
+# Keys outside the trainer's own sections that change its batches (the reader's order and augmentation).
+READER_KEYS = ("data.random_flip", "data.shuffle_window")
+
+
 def fingerprint(flat_config: dict[str, Any], sections: tuple[str, ...], exclude: set[str],
-                data_hash: str) -> dict[str, Any]:
-    """The config keys that shape a training run (`section.key` -> value) plus the data's content hash."""
-    fp = {k: v for k, v in flat_config.items() if k.split(".")[0] in sections and k not in exclude}
+                data_hash: str, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The config keys that shape a training run (`section.key` -> value, plus `keys`) and the data's content hash."""
+    fp = {k: v for k, v in flat_config.items() if (k.split(".")[0] in sections or k in keys) and k not in exclude}
     fp["data.content_hash"] = data_hash
     return fp

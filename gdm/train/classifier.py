@@ -17,14 +17,15 @@ import torch
 import torch.nn.functional as F
 
 from gdm.config import Config
-from gdm.data.dataset import PreparedDataset, read_manifest
+from gdm.data.dataset import read_manifest
+from gdm.data.reader import RowReader, StepReader
 from gdm.diffusion import build_schedule, model_timesteps, q_sample, sample_seed
 from gdm.errors import ConfigError
 from gdm.io import save_checkpoint
 from gdm.models import FORMAT, build, classifier_kwargs, resolve_device
 from gdm.progress import SILENT, Bar
-from gdm.train.batches import BatchOrder, step_generator
-from gdm.train.checkpoints import CheckpointDir, fingerprint
+from gdm.train.batches import step_generator
+from gdm.train.checkpoints import READER_KEYS, CheckpointDir, fingerprint
 from gdm.train.optim import NonFiniteLoss, Precision, lr_at, set_lr
 from gdm.train.runlog import MetricsLog
 
@@ -32,9 +33,9 @@ MODEL_FILE = "classifier.pt"
 
 
 @torch.no_grad()
-def accuracy_by_quartile(model: torch.nn.Module, schedule, images: torch.Tensor, labels: torch.Tensor,
-                         *, seed: int, batch_size: int = 512, device: torch.device | str = "cpu") -> list[float]:
-    """Accuracy on q_sample(x0, t) for t drawn uniformly inside each quarter of [0, T)."""
+def accuracy_by_quartile(model: torch.nn.Module, schedule, val: RowReader, *, seed: int, batch_size: int = 512,
+                         device: torch.device | str = "cpu") -> list[float]:
+    """Accuracy on q_sample(x0, t) for t drawn uniformly inside each quarter of [0, T) (val streamed in order)."""
     T = schedule.num_timesteps
     accs = []
     model.eval()
@@ -42,18 +43,18 @@ def accuracy_by_quartile(model: torch.nn.Module, schedule, images: torch.Tensor,
         g = torch.Generator().manual_seed(sample_seed(seed, q))
         lo, hi = q * T // 4, (q + 1) * T // 4
         correct = 0
-        for s in range(0, len(images), batch_size):
-            x0, y = images[s : s + batch_size], labels[s : s + batch_size]
+        for x0, y in val.chunks(batch_size):
             t = torch.randint(lo, max(hi, lo + 1), (len(x0),), generator=g)
             x_t = q_sample(schedule, x0, t, torch.randn(x0.shape, generator=g))
             logits = model(x_t.to(device), model_timesteps(schedule, t).to(device))
             correct += int((logits.argmax(-1).cpu() == y).sum())
-        accs.append(correct / len(images))
+        accs.append(correct / len(val))
     return accs
 
 
 NOT_FINGERPRINTED = {"classifier_train.steps", "classifier_train.log_every", "classifier_train.checkpoint_every",
-                     "classifier_train.keep_checkpoints", "classifier_train.eval_every", "classifier_train.device"}
+                     "classifier_train.keep_checkpoints", "classifier_train.eval_every", "classifier_train.device",
+                     "classifier_train.num_workers"}
 
 
 def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *, resume: bool = True,
@@ -65,8 +66,10 @@ def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, 
     if manifest.num_classes < 2:
         raise ConfigError(f"train-classifier: dataset {manifest.path} is unconditional (no labels to learn)")
     device = resolve_device(tc.device)
-    train, val = PreparedDataset(dataset_dir, "train"), PreparedDataset(dataset_dir, "val")
-    order = BatchOrder(len(train), tc.batch_size, tc.seed)
+    train = StepReader(str(dataset_dir), "train", batch_size=tc.batch_size, seed=tc.seed, manifest=manifest,
+                       random_flip=cfg.data.random_flip, shuffle_window=cfg.data.shuffle_window,
+                       num_workers=tc.num_workers)
+    val = RowReader(manifest, "val")
     torch.manual_seed(tc.seed)
     kwargs = classifier_kwargs(cfg.classifier, manifest.resolution, manifest.channels, manifest.num_classes)
     model = build("classifier", kwargs).to(device)
@@ -78,7 +81,7 @@ def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, 
     log.extra["num_parameters"] = sum(p.numel() for p in model.parameters())
     start = 0
     fp = fingerprint(cfg.flat(), ("classifier", "diffusion", "classifier_train"), NOT_FINGERPRINTED,
-                     manifest.content_hash)
+                     manifest.content_hash, READER_KEYS)
     state = ckpts.resume_state(fp, resume=resume, restart_on_mismatch=restart_on_mismatch, max_step=tc.steps)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -95,12 +98,10 @@ def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, 
 
     t0, seen = time.perf_counter(), 0
     progress.advance(start)
-    for step in range(start, tc.steps):
+    for step, (x0, y) in train.batches(start, tc.steps):
         model.train()
         g = step_generator(tc.seed, step)
-        idx = order.indices(step)
-        x0, y = train.images[idx], train.labels[idx]
-        t = torch.randint(0, schedule.num_timesteps, (len(idx),), generator=g)
+        t = torch.randint(0, schedule.num_timesteps, (len(y),), generator=g)
         x_t = q_sample(schedule, x0, t, torch.randn(x0.shape, generator=g))
         torch.manual_seed(sample_seed(tc.seed + 1, step))
         set_lr(opt, lr_at(step, tc.lr, "linear" if tc.lr_anneal else "constant", tc.steps))
@@ -113,7 +114,7 @@ def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, 
                                 f"Last good checkpoint: {ckpts.latest()}")
         precision.backward(loss)
         precision.step(opt, model.parameters(), None)
-        seen += len(idx)
+        seen += len(y)
         done = step + 1
         row: dict[str, Any] | None = None
         if done % tc.log_every == 0 or done == tc.steps:
@@ -121,7 +122,7 @@ def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, 
             row = {"step": done, "loss": loss.item(), "train_acc": acc, "lr": opt.param_groups[0]["lr"],
                    "images_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
         if done % tc.eval_every == 0 or done == tc.steps:
-            quart = accuracy_by_quartile(model, schedule, val.images, val.labels, seed=tc.seed, device=device)
+            quart = accuracy_by_quartile(model, schedule, val, seed=tc.seed, device=device)
             row = row or {"step": done}
             row.update({f"val_acc_q{i + 1}": a for i, a in enumerate(quart)})
             row["val_acc"] = sum(quart) / 4

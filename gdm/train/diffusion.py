@@ -19,13 +19,14 @@ from typing import Any
 import torch
 
 from gdm.config import Config
-from gdm.data.dataset import PreparedDataset, read_manifest
+from gdm.data.dataset import read_manifest
+from gdm.data.reader import StepReader
 from gdm.diffusion import build_schedule, create_timestep_sampler, sample_seed, training_losses
 from gdm.errors import ConfigError
 from gdm.models import FORMAT, build, resolve_device, unet_kwargs
 from gdm.progress import SILENT, Bar
-from gdm.train.batches import BatchOrder, step_generator
-from gdm.train.checkpoints import CheckpointDir, fingerprint
+from gdm.train.batches import step_generator
+from gdm.train.checkpoints import READER_KEYS, CheckpointDir, fingerprint
 from gdm.train.optim import (
     NonFiniteLoss,
     Precision,
@@ -62,8 +63,9 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
     manifest = read_manifest(dataset_dir)
     check_labels(cfg, manifest)
     device = resolve_device(tc.device)
-    data = PreparedDataset(dataset_dir, "train")
-    order = BatchOrder(len(data), tc.batch_size, tc.seed)
+    data = StepReader(str(dataset_dir), "train", batch_size=tc.batch_size, seed=tc.seed, manifest=manifest,
+                      random_flip=cfg.data.random_flip, shuffle_window=cfg.data.shuffle_window,
+                      num_workers=tc.num_workers)
 
     torch.manual_seed(tc.seed)
     kwargs = unet_kwargs(cfg.unet, manifest.resolution, manifest.channels)
@@ -77,7 +79,8 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
     log = MetricsLog(run_dir / "metrics.csv")
     log.extra["num_parameters"] = sum(p.numel() for p in model.parameters())
     start, ema_updates = 0, 0
-    fp = fingerprint(cfg.flat(), ("unet", "diffusion", "train"), NOT_FINGERPRINTED, manifest.content_hash)
+    fp = fingerprint(cfg.flat(), ("unet", "diffusion", "train"), NOT_FINGERPRINTED, manifest.content_hash,
+                     READER_KEYS)
 
     state = ckpts.resume_state(fp, resume=resume, restart_on_mismatch=restart_on_mismatch, max_step=tc.steps)
     if state is not None:
@@ -103,30 +106,28 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
     bad_streak, t0, seen = 0, time.perf_counter(), 0
     model.train()
     progress.advance(start)
-    for step in range(start, tc.steps):
+    for step, (x0, y) in data.batches(start, tc.steps):
         g = step_generator(tc.seed, step)
-        idx = order.indices(step)
-        x0, y = data.images[idx], data.labels[idx]
-        t, weights = ts_sampler.sample(len(idx), "cpu", generator=g)
+        t, weights = ts_sampler.sample(len(y), "cpu", generator=g)
         noise = torch.randn(x0.shape, generator=g)
         torch.manual_seed(sample_seed(tc.seed + 1, step))  # dropout
         set_lr(opt, lr_at(step, tc.lr, tc.lr_schedule, tc.steps, tc.warmup_steps))
         opt.zero_grad(set_to_none=True)
         totals = {"loss": 0.0, "mse": 0.0, "vb": 0.0}
         per_sample = []
-        for s in range(0, len(idx), micro):
+        for s in range(0, len(y), micro):
             sl = slice(s, s + micro)
             xb, tb, nb, wb = (v[sl].to(device) for v in (x0, t, noise, weights))
             yb = y[sl].to(device) if cfg.unet.num_classes is not None else None
             with precision.autocast():
                 terms = training_losses(schedule, lambda xt, tt, yb=yb: model(xt, tt, yb), xb, tb, noise=nb,
                                         loss_type=cfg.diffusion.loss_type, learn_sigma=cfg.unet.learn_sigma)
-                loss = (terms["loss"].float() * wb).sum() / len(idx)  # full-batch mean over micro-batches
+                loss = (terms["loss"].float() * wb).sum() / len(y)  # full-batch mean over micro-batches
             precision.backward(loss)
             per_sample.append(terms["loss"].detach().float().cpu())
             for k in totals:
                 if k in terms:
-                    totals[k] += float(terms[k].detach().float().sum()) / len(idx)
+                    totals[k] += float(terms[k].detach().float().sum()) / len(y)
         if not all(map(_finite, totals.values())):
             bad_streak += 1
             if tc.precision != "fp16" or bad_streak > 20:
@@ -142,7 +143,7 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
             for r in tc.ema_rates:
                 ema_update(ema[str(r)], model, ema_rate(r, ema_updates, tc.ema_warmup))
             ema_updates += 1
-        seen += len(idx)
+        seen += len(y)
         done = step + 1
         if done % tc.log_every == 0 or done == tc.steps:
             elapsed = time.perf_counter() - t0

@@ -4,6 +4,7 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from gdm.data.reader import TensorRows
 from gdm.errors import CheckpointError, GdmError
 from gdm.metrics import (
     EvaluatorNet,
@@ -35,10 +36,8 @@ def trained(digits):
     net = EvaluatorNet(image_size=8, in_channels=1, num_classes=10, seed=0)
     metrics = train_evaluator(
         net,
-        x_tr,
-        y_tr,
-        x_va,
-        y_va,
+        TensorRows(x_tr, y_tr),
+        TensorRows(x_va, y_va),
         steps=150,
         batch_size=128,
         lr=3e-3,
