@@ -27,7 +27,7 @@ def reevaluate(params: str = "params.yaml", overrides: list[str] | None = None,
                variants: list[str] | None = None, alias: str | None = None,
                scale: float = 0.0) -> list[dict[str, Any]]:
     cfg = load_config(params, overrides or [])
-    if not st.dataset_dir(cfg).exists():
+    if st.dataset_hash(cfg) is None:
         st.prepare(cfg, progress=False)
     out = []
     with st.tracked(cfg, "reevaluate", "reevaluate") as parent:

@@ -38,8 +38,23 @@ class DataConfig(_Section):
     labels: Literal["auto", "subfolders", "filename", "none"] = "auto"  # imagefolder labelling
     on_bad_image: Literal["error", "skip"] = "error"
     shard_size: int = Field(4096, ge=1)  # rows per Parquet shard
+    row_group_size: int = Field(64, ge=1)  # rows per Parquet row group: the reader's unit of reading and shuffling
+    num_workers: int = Field(0, ge=0)  # prepare: decode/resize/encode processes (0 = in the main process)
+    overwrite: bool = False  # prepare on s3://: replace a DIFFERENT dataset already at the prefix
     random_flip: bool = False  # reader augmentation (ADM uses it on ImageNet; not for digits)
     shuffle_window: int = Field(16384, ge=1)  # reader: rows shuffled together (gdm.data.order); memory ~ window
+
+    @field_validator("out_dir", "path")
+    @classmethod
+    def _local_or_s3(cls, v: str | None) -> str | None:
+        if v is None or "://" not in v:
+            return v
+        if not v.startswith("s3://"):
+            raise ValueError(f"must be a local path or an s3://bucket/prefix URL, got {v!r}")
+        bucket = v[len("s3://"):].split("/", 1)[0]
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+            raise ValueError(f"{v!r}: {bucket!r} is not a valid S3 bucket name (3-63 of a-z 0-9 . -)")
+        return v
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
@@ -52,7 +67,10 @@ class DataConfig(_Section):
         return self.name or self.source
 
     @property
-    def prepared_dir(self) -> Path:
+    def prepared_dir(self) -> Path | str:
+        """`out_dir/<name>`: a Path, or an `s3://bucket/prefix/<name>` URL (a str)."""
+        if self.out_dir.startswith("s3://"):
+            return f"{self.out_dir.rstrip('/')}/{self.dataset_name}"
         return Path(self.out_dir) / self.dataset_name
 
 

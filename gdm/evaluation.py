@@ -22,6 +22,7 @@ import torch
 from gdm.config import Config
 from gdm.data.dataset import load_split_uint8, read_manifest
 from gdm.data.reader import RowReader
+from gdm.data.storage import is_s3
 from gdm.errors import DataError, GdmError
 from gdm.io import sha256_file, write_json
 from gdm.metrics import StatsCache, StatsKey, compute_metrics, read_reference_stats, read_samples
@@ -138,8 +139,8 @@ def dataset_features(ex: Extractor, dataset_dir: str | Path, split: str, cache_d
 def reference_features(ex: Extractor, reference: str | Path, split: str, cache_dir: str | Path) -> dict:
     """A prepared dataset directory, or an ADM reference batch `.npz` (with or without mu/sigma)."""
     ref = Path(reference)
-    if ref.is_dir():
-        return dataset_features(ex, ref, split, cache_dir)
+    if is_s3(reference) or ref.is_dir():
+        return dataset_features(ex, reference, split, cache_dir)
     if ref.suffix != ".npz" or not ref.is_file():
         raise DataError(f"reference {ref}: expected a prepared dataset directory or an ADM .npz reference batch")
     stats = read_reference_stats(ref) if ex.name == "inception" else None  # published stats are Inception's
@@ -188,7 +189,7 @@ def evaluate_file(cfg: Config, samples: str | Path, reference: str | Path, *, ev
     )
     metrics["is"] = metrics["is_mean"]
     metrics.update(features=ex.name, extractor_sha256=ex.weights_hash, samples=str(samples),
-                   reference=str(reference), reference_split=split if Path(reference).is_dir() else None)
+                   reference=str(reference), reference_split=split if is_s3(reference) or Path(reference).is_dir() else None)
     return metrics
 
 

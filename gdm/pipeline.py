@@ -72,11 +72,18 @@ def _train(cfg: Config, variant: str, ablation: bool = False) -> Stage:
     return Stage(
         f"train{'-ablation' if ablation else ''}@{variant}", "train", {"variant": variant},
         cmd=f"gdm train --quiet --restart-on-mismatch --variant {variant}",
-        deps=(p["data"],), params=("unet", "diffusion", "train") + params,
+        deps=(p["data"],), params=("unet", "diffusion", "train") + READER_PARAMS + params,
         outs=(f"{run}/model.pt", f"{run}/checkpoints"), metrics=(f"{run}/metrics.json",),
         plots=(f"{run}/metrics.csv",), upstream=("prepare",),
     )
 
+
+# The data keys that shape the prepared bytes (not the reader's keys, nor worker counts or --overwrite),
+# and the reader's keys, which shape the training batches.
+PREPARE_PARAMS = tuple(f"data.{k}" for k in ("source", "path", "name", "out_dir", "resolution", "channels",
+                                             "val_fraction", "seed", "labels", "on_bad_image", "shard_size",
+                                             "row_group_size"))
+READER_PARAMS = ("data.random_flip", "data.shuffle_window")
 
 # What determines a sample file (per-sample seeding: batch and chunk sizes do not; the scale and the
 # sampler come from the stage itself).
@@ -110,9 +117,9 @@ def stage_graph(cfg: Config, *, ablations: bool = True) -> list[Stage]:
     p = paths(cfg)
     pc = cfg.pipeline
     stages = [
-        Stage("prepare", "prepare", cmd="gdm prepare --quiet", params=("data",), outs=(p["data"],)),
+        Stage("prepare", "prepare", cmd="gdm prepare --quiet", params=PREPARE_PARAMS, outs=(p["data"],)),
         Stage("train-classifier", "train-classifier", cmd="gdm train-classifier --quiet --restart-on-mismatch", deps=(p["data"],),
-              params=("classifier", "classifier_train", "diffusion"),
+              params=("classifier", "classifier_train", "diffusion") + READER_PARAMS,
               outs=(f"{p['classifier']}/classifier.pt", f"{p['classifier']}/checkpoints"),
               metrics=(f"{p['classifier']}/metrics.json",), plots=(f"{p['classifier']}/metrics.csv",),
               upstream=("prepare",)),

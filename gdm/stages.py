@@ -42,8 +42,20 @@ def variant_config(cfg: Config, name: str) -> Config:
     return cfg.variant(name)
 
 
-def dataset_dir(cfg: Config) -> Path:
+def dataset_dir(cfg: Config) -> Path | str:
+    """The prepared dataset: a local Path, or an s3:// URL (str)."""
     return cfg.data.prepared_dir
+
+
+def dataset_hash(cfg: Config) -> str | None:
+    """The prepared dataset's content hash, or None when it is not prepared (yet)."""
+    from gdm.data.dataset import read_manifest
+    from gdm.errors import DataError
+
+    try:
+        return read_manifest(dataset_dir(cfg)).content_hash
+    except DataError:
+        return None
 
 
 def runs(cfg: Config) -> Path:
@@ -60,7 +72,7 @@ def prepare(cfg: Config, progress: bool = True) -> Path:
     from gdm.data.sources import open_source
 
     source = open_source(cfg.data.source, cfg.data.path, cfg.data.labels)  # opened once (an archive is read once)
-    with progress_bar(f"prepare {cfg.data.dataset_name}", source.count, enabled=progress) as bar:
+    with progress_bar(f"prepare {cfg.data.dataset_name} (images)", source.count, enabled=progress) as bar:
         return prepare_dataset(cfg.data, progress=bar, source=source)
 
 
@@ -74,10 +86,7 @@ def tracked(cfg: Config, stage: str, name: str, parent_run_id: str | None = None
     from gdm.tracking import Tracker, default_tags
 
     parent = parent_run_id or os.environ.get("GDM_PARENT_RUN_ID") or None
-    data_hash = None
-    manifest = dataset_dir(cfg) / "manifest.json"
-    if manifest.is_file():
-        data_hash = read_json(manifest).get("content_hash")
+    data_hash = dataset_hash(cfg)
     tracker = Tracker(cfg.tracking, artifact_location=cfg.tracking.artifact_location)
     run = tracker.start_run(name, parent_run_id=parent, tags=default_tags(stage, data_hash))
     with run:
@@ -211,7 +220,7 @@ def evaluate(cfg: Config, samples: Path, *, reference: Path | None = None, out: 
     from gdm.evaluation import evaluate_file
     from gdm.io import write_json
 
-    reference = Path(reference) if reference else dataset_dir(cfg)
+    reference = reference or dataset_dir(cfg)
     evaluator = evaluator or (evaluator_path(cfg) if cfg.eval.features == "evaluator" else None)
     name = f"evaluate@{Path(samples).name}"
     with tracked(cfg, "evaluate", name, parent_run_id) as run:

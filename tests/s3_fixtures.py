@@ -22,6 +22,7 @@ server itself leaves os.environ alone.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import dataclass, field
 
@@ -36,6 +37,22 @@ class S3Server:
     host: str
     port: int
     env: dict[str, str] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def enforce_auth(self):
+        """While inside: the server checks credentials (moto's IAM auth), so the test keys are refused."""
+        import urllib.request
+
+        def post(value: str) -> None:
+            req = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset-auth", data=value.encode(), method="POST",
+                                         headers={"Content-Type": "text/plain"})
+            urllib.request.urlopen(req, timeout=10).read()
+
+        post("0")
+        try:
+            yield
+        finally:
+            post("inf")
 
     def client(self):
         """A boto3 S3 client bound to this server (explicit endpoint, independent of os.environ)."""
@@ -54,10 +71,15 @@ class S3Bucket:
     def url(self) -> str:
         return f"s3://{self.name}"
 
-    def keys(self, prefix: str = "") -> list[str]:
-        """Every object key under `prefix`, sorted (paginated, so any number of objects)."""
+    def keys(self, prefix: str = "", markers: bool = False) -> list[str]:
+        """Every object key under `prefix`, sorted (paginated, so any number of objects).
+
+        Zero-byte "folder" markers (keys ending in "/", which pyarrow's S3 filesystem leaves when it
+        empties a prefix) are left out unless `markers`.
+        """
         pages = self.server.client().get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix)
-        return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
+        keys = sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
+        return keys if markers else [k for k in keys if not k.endswith("/")]
 
     def get(self, key: str) -> bytes:
         return self.server.client().get_object(Bucket=self.name, Key=key)["Body"].read()

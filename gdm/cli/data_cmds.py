@@ -35,11 +35,21 @@ def config_show(
 
 
 @app.command()
-def prepare(params: ParamsOpt = "params.yaml", set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Turn the `data` source into Parquet shards + manifest.json + grid.png."""
+def prepare(params: ParamsOpt = "params.yaml", set_: SetOpt = None, quiet: QuietOpt = False,
+            overwrite: bool = typer.Option(False, "--overwrite",
+                                           help="On s3://, replace a different dataset already at the prefix "
+                                                "(= data.overwrite: true).")) -> None:
+    """Turn the `data` source into Parquet shards + manifest.json + grid.png.
+
+    data.out_dir (and data.path) may be s3://bucket/prefix: endpoint and credentials come from the
+    standard AWS environment (AWS_ENDPOINT_URL for MinIO or another S3 API server). data.num_workers
+    processes decode and encode the images; the output is the same for any number of them.
+    """
     from gdm import stages
 
     cfg = config_from(params, set_)
+    if overwrite:
+        cfg = cfg.with_overrides({"data.overwrite": True}, origin="--overwrite")
     out = stages.prepare(cfg, progress=not quiet)
     print_dataset_summary(out)
 

@@ -84,6 +84,21 @@ class Manifest:
             raise DataError(f"{self.shard_url(name)}: not a readable Parquet shard (truncated or corrupt?): "
                             f"{exc}") from None
 
+    def check_shards(self, split: str) -> None:
+        """The split's shards are all present with the sizes the manifest records (one listing)."""
+        info = self.raw.get("shard_info")
+        if not info:
+            return
+        present = self.loc.list()
+        wrong = []
+        for n in self.shard_names(split):
+            size, expected = present.get(n), info[n]["bytes"]
+            if size != expected:
+                wrong.append(f"{n} (missing)" if size is None else f"{n} ({size} bytes, expected {expected})")
+        if wrong:
+            raise DataError(f"{self.url}: the manifest's shard list disagrees with the objects present: "
+                            f"{', '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''} (re-run `gdm prepare`)")
+
     def row_groups(self, name: str) -> list[int]:
         """Rows per Parquet row group of a shard (from the manifest, else the shard's footer)."""
         info = (self.raw.get("shard_info") or {}).get(name)
@@ -98,6 +113,7 @@ class Manifest:
 def read_manifest(dataset_dir: str | Path) -> Manifest:
     loc = location(dataset_dir)
     if not loc.exists(MANIFEST):
+        loc.check_bucket()  # on S3, say so when the bucket itself is missing
         raise DataError(f"{loc.url}: not a prepared dataset (no {MANIFEST}); run `gdm prepare` first")
     try:
         raw = json.loads(loc.read_bytes(MANIFEST))

@@ -70,6 +70,8 @@ class StepOrder:
         starts = torch.tensor([0, *self.block_rows]).cumsum(0)
         self._starts = starts[:-1]
         self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+        self._windows: list[list[int]] = []
+        self._window_ends: list[int] = []
 
     def epoch_permutation(self, epoch: int) -> torch.Tensor:
         """All n row numbers in the order epoch `epoch` visits them."""
@@ -78,17 +80,33 @@ class StepOrder:
         g = epoch_generator(self.seed, epoch)
         if self.n <= self.window:
             perm = torch.randperm(self.n, generator=g)
+            windows = [list(range(len(self.block_rows)))]
         else:
             parts = []
-            for blocks in self._windows(torch.randperm(len(self.block_rows), generator=g).tolist()):
+            windows = self._group(torch.randperm(len(self.block_rows), generator=g).tolist())
+            for blocks in windows:
                 rows = torch.cat([torch.arange(self._starts[b], self._starts[b] + self.block_rows[b])
                                   for b in sorted(blocks)])
                 parts.append(rows[torch.randperm(len(rows), generator=g)])
             perm = torch.cat(parts)
-        self._epoch, self._perm = epoch, perm
+        self._epoch, self._perm, self._windows = epoch, perm, windows
+        self._window_ends = torch.tensor([sum(self.block_rows[b] for b in w) for w in windows]).cumsum(0).tolist()
         return perm
 
-    def _windows(self, block_order: list[int]) -> list[list[int]]:
+    def window_blocks(self, step: int) -> list[int]:
+        """The blocks of the window(s) that step `step`'s global batch draws from (what a reader prefetches)."""
+        epoch, k = divmod(step, self.per_epoch)
+        self.epoch_permutation(epoch)
+        lo, hi = k * self.batch_size, (k + 1) * self.batch_size
+        out: list[int] = []
+        start = 0
+        for blocks, end in zip(self._windows, self._window_ends):
+            if start < hi and lo < end:
+                out += blocks
+            start = end
+        return out
+
+    def _group(self, block_order: list[int]) -> list[list[int]]:
         windows, current, rows = [], [], 0
         for b in block_order:
             current.append(b)

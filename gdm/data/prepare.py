@@ -1,20 +1,26 @@
-"""`gdm prepare`: a dataset source -> sharded Parquet + manifest + sample grid.
+"""`gdm prepare`: a dataset source -> sharded Parquet + manifest + sample grid, streaming.
 
-Output `data/prepared/<dataset>/`:
+Output `<data.out_dir>/<data.name>/` (a local folder or an s3:// prefix):
 - `train-00000.parquet`, `val-00000.parquet`, ...: columns `id` (stable sample id), `image`
-  (PNG bytes), `label` (int32, -1 when unconditional), `split`, `source` (path or index);
-- `manifest.json`: source, counts per split and class, class names, resolution, channels,
-  content hash, skipped files, the resolved data config;
+  (PNG bytes), `label` (int32, -1 when unconditional), `split`, `source` (path or index); Parquet
+  row groups of `data.row_group_size` rows (the unit the training reader reads and shuffles);
+- `manifest.json`: source, counts per split and class, class names, resolution, channels, the
+  shards with their rows, row groups, sizes and SHA-256, the content hash, skipped files, the
+  resolved data config;
 - `grid.png`: a few training images per class.
-Everything is written into a temporary sibling directory and renamed into place at the end, so a
-failure never leaves a half-written dataset. Same inputs -> byte-identical shards and manifest.
+
+How: the source is listed first (ids, labels, fixed splits; nothing decoded), rows are ordered by
+id and split (seeded, stratified); then images are decoded, resized and PNG-encoded by
+`data.num_workers` processes (0 = in this process) in bounded, ordered chunks, and each shard is
+written as soon as it is full. Memory is a few shards whatever the dataset size. The output
+(shard bytes, manifest, content hash) is the same for any worker count and on every rerun.
+Publishing is atomic (`gdm.data.publish`): a failure never leaves a half-written dataset.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,10 +30,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gdm.config import DataConfig
-from gdm.data.preprocess import center_crop_resize, decode_png, encode_png, to_mode
-from gdm.data.sources import NO_LABEL, Record, SourceData, open_source
+from gdm.data.encode import encode_entries
+from gdm.data.preprocess import decode_png
+from gdm.data.sources import NO_LABEL, Entry, SourceData, open_source
 from gdm.errors import DataError
-from gdm.io import write_json
 from gdm.progress import SILENT, Bar
 
 SCHEMA = pa.schema(
@@ -41,6 +47,8 @@ SCHEMA = pa.schema(
 )
 MANIFEST = "manifest.json"
 FORMAT = "gdm-prepared-v1"
+# Keys that do not change the prepared bytes: left out of the manifest's config.
+NOT_IN_MANIFEST = ("num_workers", "overwrite")
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
@@ -54,90 +62,127 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> np.n
     return is_val
 
 
-def _process(rec: Record, cfg: DataConfig, allow_upscale: bool) -> tuple[bytes | None, str | None]:
-    if rec.error:
-        return None, rec.error
-    image = to_mode(rec.image, cfg.channels)
-    if not allow_upscale and min(image.size) < cfg.resolution:
-        return None, (
-            f"{rec.source}: image is {image.size[0]}x{image.size[1]}, smaller than data.resolution "
-            f"{cfg.resolution} (upscaling is not done: set data.resolution lower or remove the file)"
-        )
-    if image.size != (cfg.resolution, cfg.resolution):
-        image = center_crop_resize(image, cfg.resolution)
-    return encode_png(image), None
+def plan(data: SourceData, cfg: DataConfig) -> dict[str, list[Entry]]:
+    """The rows of each split, in shard order (by id), from the listing alone."""
+    unconditional = cfg.labels == "none" or not data.class_names
+    entries = sorted(data.entries, key=lambda e: e.sample_id)  # independent of file-system listing order
+    if unconditional:
+        entries = [Entry(e.key, NO_LABEL, e.sample_id, e.source, e.split) for e in entries]
+    splits = [e.split for e in entries]
+    if any(s is None for s in splits):
+        is_val = stratified_split(np.array([e.label for e in entries]), cfg.val_fraction, cfg.seed)
+        splits = ["val" if v else "train" for v in is_val]
+    return {s: [e for e, es in zip(entries, splits) if es == s] for s in ("train", "val")}
 
 
-def prepare_dataset(cfg: DataConfig, progress: Bar = SILENT, out_dir: Path | None = None,
-                    source: SourceData | None = None) -> Path:
-    """Run the preparation; returns the dataset directory. Raises DataError on bad input.
+class ShardWriter:
+    """Cuts a split's rows into shards of `shard_size`, writes each when full, hashes what it wrote."""
+
+    def __init__(self, cfg: DataConfig, staging: Any):
+        self.cfg, self.staging = cfg, staging
+        self.names: list[str] = []
+        self.info: dict[str, dict[str, Any]] = {}
+        self.hash = hashlib.sha256()
+        self._rows: list[dict[str, Any]] = []
+        self._split, self._k = "", 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        if row["split"] != self._split:
+            self.flush()
+            self._split, self._k = row["split"], 0
+        self._rows.append(row)
+        if len(self._rows) == self.cfg.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._rows:
+            return
+        name = f"{self._split}-{self._k:05d}.parquet"
+        buf = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(self._rows, schema=SCHEMA), buf, compression="zstd",
+                       write_statistics=False, row_group_size=self.cfg.row_group_size)
+        data = buf.getvalue().to_pybytes()
+        self.hash.update(name.encode())
+        self.hash.update(data)
+        groups = [len(self._rows[i : i + self.cfg.row_group_size])
+                  for i in range(0, len(self._rows), self.cfg.row_group_size)]
+        self.info[name] = {"rows": len(self._rows), "row_groups": groups, "bytes": len(data),
+                           "sha256": hashlib.sha256(data).hexdigest()}
+        self.staging.write_shard(name, data)
+        self.names.append(name)
+        self._rows, self._k = [], self._k + 1
+
+
+def prepare_dataset(cfg: DataConfig, progress: Bar = SILENT, out_dir: str | Path | None = None,
+                    source: SourceData | None = None) -> Path | str:
+    """Run the preparation; returns the dataset location (a Path, or an s3:// URL). Raises DataError on bad input.
 
     `source` is the already opened `data` source (its count sizes a progress bar); opened here when None.
     """
+    from gdm.data.publish import publisher
+
     data = source if source is not None else open_source(cfg.source, cfg.path, cfg.labels)
+    final = str(out_dir) if out_dir is not None else str(cfg.prepared_dir)
+    pub = publisher(final, cfg)  # refuses a prefix holding another dataset before any work
+    splits = plan(data, cfg)
     unconditional = cfg.labels == "none" or not data.class_names
     allow_upscale = cfg.source == "digits"  # digits are 8x8 and resizing them up is the point
-    rows: list[dict[str, Any]] = []
-    skipped: list[str] = []
-    for rec in data.records():
-        png, err = _process(rec, cfg, allow_upscale)
-        progress.advance()
-        if err:
-            if cfg.on_bad_image == "error":
-                raise DataError(f"{err} (set data.on_bad_image: skip to skip such files)")
-            skipped.append(err)
-            continue
-        label = NO_LABEL if unconditional else rec.label
-        rows.append({"id": rec.sample_id, "image": png, "label": label, "split": rec.split, "source": rec.source})
-    if not rows:
-        raise DataError(f"data source {cfg.source} {cfg.path or ''}: no usable images (skipped {len(skipped)})")
-
-    rows.sort(key=lambda r: r["id"])  # order independent of file-system listing order
-    labels = np.array([r["label"] for r in rows])
-    if any(r["split"] is None for r in rows):
-        is_val = stratified_split(labels, cfg.val_fraction, cfg.seed)
-        for r, v in zip(rows, is_val):
-            r["split"] = "val" if v else "train"
-
-    final = Path(out_dir) if out_dir is not None else cfg.prepared_dir
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    tmp.chmod(0o755)
-    try:
-        shards = _write_shards(rows, tmp, cfg.shard_size)
-        manifest = _manifest(cfg, data.class_names if not unconditional else [], rows, shards, skipped, tmp)
-        write_json(tmp / MANIFEST, manifest)
-        _write_grid(rows, tmp / "grid.png", manifest["num_classes"])
-        _swap_into_place(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    with pub.staging() as staging, contextlib.ExitStack() as stack:  # the worker pool stops on any exit
+        writer = ShardWriter(cfg, staging)
+        skipped: list[str] = []
+        counts = {s: Counter() for s in splits}
+        grid: list[tuple[int, np.ndarray]] = []
+        ordered = [(s, e) for s in ("train", "val") for e in splits[s]]
+        results = stack.enter_context(contextlib.closing(encode_entries(
+            data, [e for _, e in ordered], cfg.resolution, cfg.channels, allow_upscale, cfg.num_workers)))
+        for (split, entry), (png, err) in zip(ordered, results):
+            progress.advance()
+            if err:
+                if cfg.on_bad_image == "error":
+                    raise DataError(f"{err} (set data.on_bad_image: skip to skip such files)")
+                skipped.append(err)
+                continue
+            writer.add({"id": entry.sample_id, "image": png, "label": entry.label, "split": split,
+                        "source": entry.source})
+            counts[split][entry.label] += 1
+            if split == "train":
+                _grid_pick(grid, entry.label, png, unconditional)
+        writer.flush()
+        if not writer.names:
+            raise DataError(f"data source {cfg.source} {cfg.path or ''}: no usable images (skipped {len(skipped)})")
+        manifest = _manifest(cfg, [] if unconditional else data.class_names, counts, writer, skipped,
+                             staging.shard_prefix)
+        staging.write_grid(_grid_png(grid, manifest["num_classes"]))
+        staging.commit(manifest)
+    return Path(final) if not final.startswith("s3://") else final
 
 
-def _write_shards(rows: list[dict[str, Any]], out: Path, shard_size: int) -> list[str]:
-    names: list[str] = []
-    for split in ("train", "val"):
-        part = [r for r in rows if r["split"] == split]
-        for k, start in enumerate(range(0, len(part), shard_size)):
-            chunk = part[start : start + shard_size]
-            table = pa.Table.from_pylist(chunk, schema=SCHEMA)
-            name = f"{split}-{k:05d}.parquet"
-            pq.write_table(table, out / name, compression="zstd", write_statistics=False)
-            names.append(name)
-    return names
+def _grid_pick(grid: list[tuple[int, np.ndarray]], label: int, png: bytes, unconditional: bool,
+               per_class: int = 8) -> None:
+    """The first 8 training images of each class (or the first 64 when unconditional)."""
+    if unconditional:
+        if len(grid) < 64:
+            grid.append((0, decode_png(png)))
+    elif sum(1 for c, _ in grid if c == label) < per_class:
+        grid.append((label, decode_png(png)))
 
 
-def _manifest(cfg: DataConfig, class_names: list[str], rows: list[dict[str, Any]],
-              shards: list[str], skipped: list[str], tmp: Path) -> dict[str, Any]:
-    h = hashlib.sha256()
-    for name in shards:
-        h.update(name.encode())
-        h.update((tmp / name).read_bytes())
-    counts: dict[str, dict[str, int]] = {}
-    for split in ("train", "val"):
-        c = Counter(r["label"] for r in rows if r["split"] == split)
-        counts[split] = {str(k): int(v) for k, v in sorted(c.items())}
+def _grid_png(grid: list[tuple[int, np.ndarray]], num_classes: int) -> bytes:
+    import tempfile
+
+    from gdm.viz import save_grid
+
+    chosen = sorted(grid, key=lambda t: t[0]) if num_classes else grid  # stable: first-seen order per class
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "grid.png"
+        save_grid(np.stack([img for _, img in chosen]), path, nrow=8)
+        return path.read_bytes()
+
+
+def _manifest(cfg: DataConfig, class_names: list[str], counts: dict[str, Counter], writer: ShardWriter,
+              skipped: list[str], prefix: str) -> dict[str, Any]:
+    class_counts = {s: {str(k): int(v) for k, v in sorted(c.items())} for s, c in counts.items()}
+    config = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NOT_IN_MANIFEST}
     return {
         "format": FORMAT,
         "dataset": cfg.dataset_name,
@@ -148,39 +193,12 @@ def _manifest(cfg: DataConfig, class_names: list[str], rows: list[dict[str, Any]
         "conditional": bool(class_names),
         "num_classes": len(class_names),
         "class_names": class_names,
-        "num_images": len(rows),
-        "split_sizes": {s: sum(counts[s].values()) for s in counts},
-        "class_counts": counts,
-        "shards": shards,
-        "content_hash": h.hexdigest(),
+        "num_images": sum(sum(c.values()) for c in counts.values()),
+        "split_sizes": {s: sum(c.values()) for s, c in counts.items()},
+        "class_counts": class_counts,
+        "shards": [prefix + n for n in writer.names],
+        "shard_info": {prefix + n: i for n, i in writer.info.items()},
+        "content_hash": writer.hash.hexdigest(),
         "skipped": {"count": len(skipped), "files": skipped},
-        "config": cfg.model_dump(mode="json"),
+        "config": config,
     }
-
-
-def _write_grid(rows: list[dict[str, Any]], path: Path, num_classes: int, per_class: int = 8) -> None:
-    from gdm.viz import save_grid
-
-    train = [r for r in rows if r["split"] == "train"]
-    if num_classes:
-        chosen = []
-        for c in range(num_classes):
-            chosen += [r for r in train if r["label"] == c][:per_class]
-        nrow = per_class
-    else:
-        chosen, nrow = train[:64], 8
-    images = np.stack([decode_png(r["image"]) for r in chosen])
-    save_grid(images, path, nrow=nrow)
-
-
-def _swap_into_place(tmp: Path, final: Path) -> None:
-    """Replace `final` by `tmp` with two renames; the old copy is removed only after the swap."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        final.rename(old)
-    tmp.rename(final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -1,4 +1,8 @@
-"""Dataset sources: each yields `Record`s (an image, a label, a stable id, where it came from).
+"""Dataset sources: a listing of `Entry`s (label, stable id, where it came from; nothing decoded),
+and `load(entry)` -> `Record` (the decoded image, or the reason it could not be read).
+
+Listing first and loading later lets `gdm prepare` decide splits and shard order from the listing
+alone, then decode in parallel worker processes with bounded memory.
 
 Sources (chosen by `data.source`): `digits` (scikit-learn's bundled handwritten digits),
 `imagefolder` (class subfolders, or a flat folder labelled by the file-name prefix before the
@@ -13,11 +17,12 @@ import pickle
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from gdm.data.storage import is_s3, location
 from gdm.errors import DataError
 
 NO_LABEL = -1
@@ -34,10 +39,26 @@ class Record:
 
 
 @dataclass(frozen=True)
+class Entry:
+    key: int  # what the source's `load` needs to find the item (an index into its own listing)
+    label: int
+    sample_id: str
+    source: str
+    split: str | None = None
+
+
+@dataclass(frozen=True)
 class SourceData:
-    records: Callable[[], Iterator[Record]]
+    entries: list[Entry]
+    load: Callable[[Entry], Record]
     class_names: list[str]  # empty when unconditional
-    count: int
+
+    @property
+    def count(self) -> int:
+        return len(self.entries)
+
+    def records(self) -> Iterator[Record]:
+        return (self.load(e) for e in self.entries)
 
 
 # ------------------------------------------------------------------------------------- digits
@@ -49,23 +70,28 @@ def digits_source() -> SourceData:
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)
     labels = bunch.target.astype(int)
 
-    def records() -> Iterator[Record]:
-        for i, (img, y) in enumerate(zip(images, labels)):
-            yield Record(Image.fromarray(img, mode="L"), int(y), f"digits-{i:05d}", str(i))
+    entries = [Entry(i, int(y), f"digits-{i:05d}", str(i)) for i, y in enumerate(labels)]
 
-    return SourceData(records, [str(c) for c in range(10)], len(images))
+    def load(e: Entry) -> Record:
+        return Record(Image.fromarray(images[e.key], mode="L"), e.label, e.sample_id, e.source)
+
+    return SourceData(entries, load, [str(c) for c in range(10)])
 
 
 # -------------------------------------------------------------------------------- imagefolder
 def imagefolder_source(path: str, labels: str = "auto") -> SourceData:
-    root = Path(path)
-    if not root.exists():
-        raise DataError(f"data.path: image folder not found: {root}")
-    if not root.is_dir():
-        raise DataError(f"data.path: expected a directory of images, got a file: {root}")
-    files = sorted(
-        p for p in root.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(root).parts)
-    )
+    if is_s3(path):
+        root, files, opener = _s3_folder(path)
+    else:
+        root, opener = Path(path), _open_image
+        if not root.exists():
+            raise DataError(f"data.path: image folder not found: {root}")
+        if not root.is_dir():
+            raise DataError(f"data.path: expected a directory of images, got a file: {root}")
+        files = sorted(
+            p for p in root.rglob("*")
+            if p.is_file() and not any(s.startswith(".") for s in p.relative_to(root).parts)
+        )
     if not files:
         raise DataError(f"data.path: image folder is empty (no files found under {root})")
     subdirs = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
@@ -87,28 +113,76 @@ def imagefolder_source(path: str, labels: str = "auto") -> SourceData:
     class_names = sorted(set(class_of.values()))
     index = {c: i for i, c in enumerate(class_names)}
 
-    def records() -> Iterator[Record]:
-        for p in files:
-            rel = p.relative_to(root).as_posix()
-            label = index[class_of[p]] if class_of else NO_LABEL
-            img, err = _open_image(p)
-            yield Record(img, label, f"file:{rel}", rel, error=err)
+    entries = []
+    for i, p in enumerate(files):
+        rel = p.relative_to(root).as_posix()
+        entries.append(Entry(i, index[class_of[p]] if class_of else NO_LABEL, f"file:{rel}", rel))
 
-    return SourceData(records, class_names, len(files))
+    def load(e: Entry) -> Record:
+        img, err = opener(files[e.key])
+        return Record(img, e.label, e.sample_id, e.source, error=err)
+
+    return SourceData(entries, load, class_names)
 
 
-def _open_image(path: Path) -> tuple[Image.Image | None, str | None]:
+def _s3_folder(url: str) -> tuple[PurePosixPath, list[PurePosixPath], Callable]:
+    """An image folder under an s3:// prefix: its files as paths below a pseudo root, and an opener."""
+    loc = location(url)
+    listing = loc.list()
+    if not listing:
+        raise DataError(f"data.path: image folder is empty or missing (no objects under {loc.url})")
+    root = PurePosixPath("/" + loc.path)
+    files = sorted(root / k for k in listing if not any(s.startswith(".") for s in k.split("/")))
+    if not files:
+        raise DataError(f"data.path: image folder is empty (only hidden objects under {loc.url})")
+    return root, files, _S3Opener(loc.url, root)
+
+
+class _S3Opener:
+    """Reads one object of an s3:// image folder; each process (prepare worker) opens its own client."""
+
+    def __init__(self, url: str, root: PurePosixPath):
+        self.url, self.root, self._loc, self._pid = url, root, None, None
+
+    def __call__(self, p: PurePosixPath) -> tuple[Image.Image | None, str | None]:
+        import os
+
+        if self._pid != os.getpid():
+            self._loc, self._pid = location(self.url), os.getpid()
+        rel = p.relative_to(self.root).as_posix()
+        try:
+            data = self._loc.read_bytes(rel)
+        except DataError as exc:
+            return None, str(exc)
+        return _open_image(io.BytesIO(data), name=f"{self.url}/{rel}")
+
+
+def _open_image(path: Path | io.BytesIO, name: str | None = None) -> tuple[Image.Image | None, str | None]:
+    path_name = name or path
     try:
         with Image.open(path) as im:
             im.load()  # forces a full decode: truncated files fail here
             return im.copy(), None
     except UnidentifiedImageError:
-        return None, f"{path}: not an image file (PIL cannot identify it)"
+        return None, f"{path_name}: not an image file (PIL cannot identify it)"
     except (OSError, SyntaxError, ValueError) as exc:
-        return None, f"{path}: unreadable or truncated image ({exc})"
+        return None, f"{path_name}: unreadable or truncated image ({exc})"
 
 
 # ------------------------------------------------------------------------------------ cifar10
+def _s3_bytes(url: str) -> io.BytesIO:
+    """A whole s3:// object in memory (archives and .npz files are read whole anyway)."""
+    loc = location(url.rsplit("/", 1)[0])
+    try:
+        return io.BytesIO(loc.read_bytes(url.rsplit("/", 1)[1]))
+    except DataError as exc:
+        raise DataError(f"data.path: {exc}") from None
+
+
+def _open_tar(path: str) -> tarfile.TarFile:
+    return tarfile.open(fileobj=_s3_bytes(path), mode="r:*") if is_s3(path) else tarfile.open(path, "r:*")
+
+
 _CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 _CIFAR_TEST = "test_batch"
 _NUMPY_GLOBALS = {
@@ -151,11 +225,11 @@ def _load_batch(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: Path) ->
 
 
 def cifar10_source(path: str) -> SourceData:
-    archive = Path(path)
-    if not archive.is_file():
+    archive = path if is_s3(path) else Path(path)
+    if not is_s3(path) and not archive.is_file():
         raise DataError(f"data.path: CIFAR-10 archive not found: {archive}")
     try:
-        with tarfile.open(archive, "r:*") as tar:
+        with _open_tar(path) as tar:
             members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
             missing = [n for n in _CIFAR_TRAIN + [_CIFAR_TEST] if n not in members]
             if missing:
@@ -167,17 +241,19 @@ def cifar10_source(path: str) -> SourceData:
                 names = meta or names
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise DataError(f"{archive}: corrupt or unreadable archive: {exc}") from None
-    total = sum(len(b["labels"]) for _, b in batches)
+    arrays, entries = [], []
+    for name, batch in batches:
+        split = "val" if name == _CIFAR_TEST else "train"
+        arrays.append(batch["data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        for i, y in enumerate(batch["labels"]):
+            src = f"{name}#{i}"
+            entries.append(Entry(len(arrays) - 1 << 32 | i, int(y), f"cifar10:{src}", src, split))
 
-    def records() -> Iterator[Record]:
-        for name, batch in batches:
-            split = "val" if name == _CIFAR_TEST else "train"
-            images = batch["data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-            for i, (img, y) in enumerate(zip(images, batch["labels"])):
-                src = f"{name}#{i}"
-                yield Record(Image.fromarray(np.ascontiguousarray(img), "RGB"), int(y), f"cifar10:{src}", src, split)
+    def load(e: Entry) -> Record:
+        img = arrays[e.key >> 32][e.key & 0xFFFFFFFF]
+        return Record(Image.fromarray(np.ascontiguousarray(img), "RGB"), e.label, e.sample_id, e.source, e.split)
 
-    return SourceData(records, names, total)
+    return SourceData(entries, load, names)
 
 
 def _load_batch_meta(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: Path) -> list[str] | None:
@@ -194,11 +270,11 @@ def _load_batch_meta(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: Pat
 
 # ---------------------------------------------------------------------------------------- npz
 def npz_source(path: str) -> SourceData:
-    file = Path(path)
-    if not file.is_file():
+    file = path if is_s3(path) else Path(path)
+    if not is_s3(path) and not file.is_file():
         raise DataError(f"data.path: npz file not found: {file}")
     try:
-        with np.load(file, allow_pickle=False) as npz:
+        with np.load(_s3_bytes(path) if is_s3(path) else file, allow_pickle=False) as npz:
             if "arr_0" not in npz.files:
                 raise DataError(f"{file}: expected ADM layout with 'arr_0' (uint8 NHWC), found {npz.files}")
             images = npz["arr_0"]
@@ -218,13 +294,15 @@ def npz_source(path: str) -> SourceData:
         raise DataError(f"{file}: arr_1 must hold integer labels, got {labels.dtype}")
     num_classes = int(labels.max()) + 1 if labels is not None and len(labels) else 0
 
-    def records() -> Iterator[Record]:
-        for i, img in enumerate(images):
-            pil = Image.fromarray(img[..., 0], "L") if img.shape[-1] == 1 else Image.fromarray(img, "RGB")
-            y = int(labels[i]) if labels is not None else NO_LABEL
-            yield Record(pil, y, f"npz:{i}", str(i))
+    entries = [Entry(i, int(labels[i]) if labels is not None else NO_LABEL, f"npz:{i}", str(i))
+               for i in range(len(images))]
 
-    return SourceData(records, [str(c) for c in range(num_classes)], len(images))
+    def load(e: Entry) -> Record:
+        img = images[e.key]
+        pil = Image.fromarray(img[..., 0], "L") if img.shape[-1] == 1 else Image.fromarray(img, "RGB")
+        return Record(pil, e.label, e.sample_id, e.source)
+
+    return SourceData(entries, load, [str(c) for c in range(num_classes)])
 
 
 def open_source(source: str, path: str | None, labels: str = "auto") -> SourceData:

@@ -47,7 +47,8 @@ def _describe(url: str, exc: BaseException) -> str:
                                 "curlCode: 6", "curlCode: 7", "curlCode: 28", "Timeout")):
         return f"{url}: S3 endpoint unreachable{where}: {text.splitlines()[0]}"
     if "NO_SUCH_BUCKET" in text or "NoSuchBucket" in text or "bucket does not exist" in text.lower():
-        return f"{url}: the S3 bucket does not exist{where}; create it first (e.g. `aws s3 mb s3://BUCKET`)"
+        bucket = url[len("s3://"):].split("/", 1)[0]
+        return f"{url}: the S3 bucket {bucket!r} does not exist{where}; create it first (e.g. `aws s3 mb s3://{bucket}`)"
     if any(s in text for s in ("ACCESS_DENIED", "AccessDenied", "Access Denied", "INVALID_ACCESS_KEY",
                                 "SIGNATURE_DOES_NOT_MATCH", "HTTP response code: 403")):
         return (f"{url}: access denied by S3{where}; check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or the "
@@ -79,6 +80,18 @@ class Location:
 
     def _u(self, name: str) -> str:
         return join(self.url, name) if name else self.url
+
+    def check_bucket(self) -> None:
+        """For s3:// locations: raise a DataError naming the bucket when it does not exist (or is unreachable)."""
+        if not self.remote:
+            return
+        bucket = self.path.split("/", 1)[0]
+        try:
+            missing = self.fs.get_file_info(bucket).type == pafs.FileType.NotFound
+        except (OSError, pa.ArrowException) as exc:
+            raise storage_error(self.url, exc) from None
+        if missing:
+            raise DataError(_describe(self.url, OSError("NO_SUCH_BUCKET")))
 
     def info(self, name: str = "") -> pafs.FileInfo:
         try:
@@ -130,6 +143,15 @@ class Location:
         base = len(self.path) + 1
         return {i.path[base:]: i.size for i in infos if i.type == pafs.FileType.File}
 
+    def delete_dir(self, name: str) -> None:
+        """Remove a folder (an S3 prefix) and everything below it; nothing when it does not exist."""
+        try:
+            self.fs.delete_dir(self._p(name))
+        except FileNotFoundError:
+            pass
+        except (OSError, pa.ArrowException) as exc:
+            raise storage_error(self._u(name), exc) from None
+
     def delete(self, names: list[str]) -> None:
         for name in names:
             try:
@@ -140,6 +162,20 @@ class Location:
                 raise storage_error(self._u(name), exc) from None
 
 
+def s3_filesystem() -> pafs.S3FileSystem:
+    """pyarrow's S3 client configured from the standard AWS environment (AWS_ENDPOINT_URL[_S3],
+    AWS_REGION/AWS_DEFAULT_REGION; credentials through the AWS SDK's default chain)."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+    kwargs = {"connect_timeout": 10, "request_timeout": 60,
+              "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=int(os.environ.get("GDM_S3_MAX_ATTEMPTS", "3")))}
+    if endpoint:
+        kwargs["endpoint_override"] = endpoint
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs)
+
+
 def location(url: str | os.PathLike) -> Location:
     """The Location of a local path or an `s3://bucket/prefix` URL."""
     text = str(url)
@@ -148,7 +184,7 @@ def location(url: str | os.PathLike) -> Location:
         if not bucket_and_key or bucket_and_key.startswith("/"):
             raise DataError(f"{text}: expected s3://BUCKET/PREFIX")
         try:
-            fs = pafs.S3FileSystem()  # endpoint, region and credentials from the standard AWS environment
+            fs = s3_filesystem()
         except (OSError, pa.ArrowException) as exc:
             raise storage_error(text, exc) from None
         return Location(f"s3://{bucket_and_key}", fs, bucket_and_key)
