@@ -139,3 +139,21 @@ def test_storage_failures_name_the_cause(s3_bucket, npz, monkeypatch):
     with pytest.raises(DataError, match=r"S3 endpoint unreachable \(AWS_ENDPOINT_URL=http://127.0.0.1:9\)"):
         prepare_dataset(cfg(s3_bucket.url, npz))
     assert s3_bucket.keys() == []  # nothing was written by any of the failed runs
+
+
+def test_cli_prepare_overwrite_flag(s3_bucket, npz, tmp_path, capsys):
+    from gdm.cli import main
+
+    def gdm(*args: str) -> int:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["prepare", "--quiet", "--params", str(params), *args])
+        return exit_info.value.code
+
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data: {{source: npz, path: {npz}, out_dir: '{s3_bucket.url}', name: ds, resolution: 8, "
+                      "channels: 3, shard_size: 12}\n")
+    assert gdm() == 0 and f"-> {s3_bucket.url}/ds" in capsys.readouterr().out
+    assert gdm("--set", "data.channels=1") == 2
+    assert "holds another prepared dataset (channels: 3 there, 1 here)" in capsys.readouterr().err
+    assert gdm("--set", "data.channels=1", "--overwrite") == 0
+    assert read_manifest(f"{s3_bucket.url}/ds").channels == 1
