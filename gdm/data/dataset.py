@@ -61,8 +61,9 @@ class Manifest:
     def shard_names(self, split: str) -> list[str]:
         return [s for s in self.raw["shards"] if Path(s).name.startswith(f"{split}-")]
 
-    def shards(self, split: str) -> list[Path]:
-        return [Path(self.loc.url) / s for s in self.shard_names(split)]
+    def reopen(self) -> None:
+        """A new storage client for this dataset (after a fork)."""
+        self.loc = location(self.loc.url)
 
     def shard_url(self, name: str) -> str:
         return self.loc.child(*name.split("/")).url

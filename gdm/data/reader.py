@@ -88,6 +88,9 @@ class BlockCache:
         self._rows = 0
         self._files: OrderedDict[int, pq.ParquetFile] = OrderedDict()
 
+    def reset_files(self) -> None:
+        self._files.clear()
+
     def _file(self, shard: int) -> pq.ParquetFile:
         f = self._files.get(shard)
         if f is None:
@@ -212,7 +215,7 @@ class StepReader(torch.utils.data.Dataset):
                 yield k, self.batch(k)
             return
         loader = torch.utils.data.DataLoader(self, batch_size=None, sampler=steps, num_workers=self.num_workers,
-                                             prefetch_factor=2, persistent_workers=False)
+                                             prefetch_factor=2, persistent_workers=False, worker_init_fn=_reopen)
         yield from zip(steps, loader)
 
 
@@ -264,6 +267,13 @@ class TensorRows:
     def chunks(self, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, len(self), size):
             yield self.images[start : start + size], self.labels[start : start + size]
+
+
+def _reopen(worker_id: int) -> None:
+    """In a DataLoader worker: fresh storage clients (an S3 client is not shared across a fork)."""
+    reader = torch.utils.data.get_worker_info().dataset
+    reader.manifest.reopen()
+    reader.cache.reset_files()
 
 
 def iter_split(dataset: str | Manifest, split: str, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
