@@ -2,18 +2,27 @@
 
 The cache key is the content hash of the stage's command, params slice and dependency files
 (`gdm.pipeline.input_hash`); a stage whose outputs are missing is re-run whatever the cache says.
+While it runs, a stage holds the resources `gdm.pipeline.stage_resources` declares for it (Prefect
+global concurrency limits `gdm-cpu@<host>` / `gdm-gpu@<host>` under the thread runner; the Dask runner
+uses worker resources instead) and reports its progress to Prefect: INFO log lines and a progress
+artifact per stage.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
+import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 
 from gdm import stages as st
 from gdm.config import Config
-from gdm.pipeline import Stage, eval_file, input_hash, outputs_exist, sample_dir, stage_graph
+from gdm.pipeline import HEAVY_KINDS, Resources, Stage, eval_file, input_hash, outputs_exist, sample_dir, stage_graph, stage_resources
+from gdm.progress import reporting
 
 RETRIES = {"prepare": 1, "train": 1, "train-classifier": 1, "train-evaluator": 1, "sample": 1, "evaluate": 1}
 
@@ -36,9 +45,11 @@ def execute(cfg: Config, stage: Stage, parent_run_id: str | None, progress: bool
     if stage.kind == "prepare":
         return {"dataset": str(st.prepare(cfg, progress=progress))}
     if stage.kind == "train":
-        return st.train(cfg, a["variant"], progress=progress, restart_on_mismatch=True, parent_run_id=parent_run_id)
+        return st.train(cfg, a["variant"], progress=progress, restart_on_mismatch=True, parent_run_id=parent_run_id,
+                        move_aliases=True)
     if stage.kind == "train-classifier":
-        return st.train_classifier(cfg, progress=progress, restart_on_mismatch=True, parent_run_id=parent_run_id)
+        return st.train_classifier(cfg, progress=progress, restart_on_mismatch=True, parent_run_id=parent_run_id,
+                                   move_aliases=True)
     if stage.kind == "train-evaluator":
         return st.train_evaluator(cfg, progress=progress, parent_run_id=parent_run_id)
     if stage.kind == "sample":
@@ -50,7 +61,7 @@ def execute(cfg: Config, stage: Stage, parent_run_id: str | None, progress: bool
         ablation = stage.name.startswith("evaluate-ablation")
         out = eval_file(cfg, a["variant"], a["sampler"], a["scale"], ablation)
         m = st.evaluate(cfg, sample_dir(cfg, a["variant"], a["sampler"], a["scale"]), out=out,
-                        parent_run_id=parent_run_id)
+                        parent_run_id=parent_run_id, variant=a["variant"], scale=a["scale"], ablation=ablation)
         return {k: v for k, v in m.items() if k != "warnings"}
     if stage.kind in ("report", "ablation-report"):
         written = st.report(cfg, ablations=stage.kind == "ablation-report", parent_run_id=parent_run_id)
@@ -58,13 +69,93 @@ def execute(cfg: Config, stage: Stage, parent_run_id: str | None, progress: bool
     raise ValueError(f"unknown stage kind {stage.kind!r}")
 
 
+# ----------------------------------------------------------------------------- resources
+def limit_names(host: str | None = None) -> tuple[str, str]:
+    host = host or socket.gethostname()
+    return f"gdm-cpu@{host}", f"gdm-gpu@{host}"
+
+
+def set_torch_threads(n: int) -> None:
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def holding(res: Resources) -> Iterator[None]:
+    """Hold the stage's CPU threads and GPUs from this host's Prefect concurrency limits."""
+    from prefect.concurrency.sync import concurrency
+
+    cpu, gpu = limit_names()
+    with contextlib.ExitStack() as stack:
+        if res.gpus:
+            stack.enter_context(concurrency(gpu, occupy=res.gpus, strict=True))
+        stack.enter_context(concurrency(cpu, occupy=res.threads, strict=True))
+        yield
+
+
+# ------------------------------------------------------------------------------ progress
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:80]
+
+
+class PrefectProgress:
+    """Progress listener (`gdm.progress.reporting`): a progress artifact updated every few seconds
+    and an INFO line every 10% (or 60 s), so a long stage is visibly alive in the Prefect UI."""
+
+    def __init__(self, stage_name: str, logger, artifact_every: float = 2.0, log_every: float = 60.0):
+        self.stage, self.logger = stage_name, logger
+        self.artifact_every, self.log_every = artifact_every, log_every
+        self._artifact = None
+        self._last_artifact = self._last_log = time.monotonic()
+        self._last_decile = -1
+        self._t0 = time.monotonic()
+
+    def __call__(self, description: str, done: int, total: int, fields: dict[str, Any]) -> None:
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+        pct = 100.0 * done / total if total else 100.0
+        now = time.monotonic()
+        try:
+            if self._artifact is None:
+                self._artifact = create_progress_artifact(pct, key=f"progress-{_slug(self.stage)}",
+                                                          description=f"{self.stage}: {description}")
+            elif now - self._last_artifact >= self.artifact_every or done >= total:
+                update_progress_artifact(self._artifact, pct)
+                self._last_artifact = now
+        except Exception as exc:  # progress display must never fail a stage
+            self.logger.debug("progress artifact not updated: %s", exc)
+        decile = int(pct // 10)
+        if decile > self._last_decile or now - self._last_log >= self.log_every or done >= total:
+            self._last_decile, self._last_log = decile, now
+            extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
+            rate = done / max(now - self._t0, 1e-9)
+            eta = (total - done) / rate if rate > 0 else float("nan")
+            self.logger.info(f"{description}: {done}/{total} ({pct:.0f}%) {rate:.2f}/s eta {eta:.0f}s {extra}".rstrip())
+
+
+# ---------------------------------------------------------------------------------- task
 @task(name="gdm-stage", task_run_name="{stage_name}", cache_key_fn=_cache_key, persist_result=True)
 def run_stage(stage_name: str, config: dict[str, Any], parent_run_id: str | None = None,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, limits: bool = False, own_threads: bool = False) -> dict[str, Any]:
+    """`limits`: hold the stage's slots of this host's concurrency limits (thread runner);
+    `own_threads`: set torch's thread count to the stage's (the process runs one stage at a time)."""
     cfg = Config.model_validate(config)
-    t0 = time.perf_counter()
-    result = execute(cfg, find_stage(cfg, stage_name), parent_run_id, progress)
-    result["wall_seconds"] = time.perf_counter() - t0
+    stage = find_stage(cfg, stage_name)
+    res = stage_resources(cfg, stage)
+    logger = get_run_logger()
+    # Light stages (prepare, evaluate, reports: seconds, one thread, no GPU) skip the limits: taking a
+    # Prefect concurrency slot costs ~2 s per stage, more than they run.
+    with holding(res) if limits and stage.kind in HEAVY_KINDS else contextlib.nullcontext():
+        if own_threads:
+            set_torch_threads(res.threads)
+        logger.info(f"{stage_name}: started on {socket.gethostname()} ({res.threads} CPU threads, {res.gpus} GPU)")
+        t0 = time.perf_counter()
+        with reporting(PrefectProgress(stage_name, logger)):
+            result = execute(cfg, stage, parent_run_id, progress)
+        result["wall_seconds"] = time.perf_counter() - t0
+    logger.info(f"{stage_name}: done in {result['wall_seconds']:.1f} s")
     return result
 
 

@@ -21,6 +21,18 @@ DEFAULT_PARAMS = "params.yaml"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
+_URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _local_path(v: str | None) -> str | None:
+    """Keys that name a folder/file on this machine: a URL (s3://, gs://, http://) would become a local
+    folder named 's3:' (silently wrong), so it is refused at load."""
+    if v is not None and _URL_RE.match(str(v)):
+        raise ValueError(f"must be a local path (a shared filesystem mount works), not a URL like {v!r}; "
+                         "S3 is supported for tracking.artifact_location (and the data source where documented)")
+    return v
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
@@ -256,6 +268,8 @@ class EvalConfig(_Section):
     kid_subset_size: int = Field(100, ge=2)
     cache_dir: str = "data/cache"
 
+    _paths = field_validator("cache_dir", "inception_weights")(classmethod(lambda cls, v: _local_path(v)))
+
 
 class TrackingConfig(_Section):
     enabled: bool = True
@@ -268,6 +282,26 @@ class TrackingConfig(_Section):
     aliases: tuple[str, ...] = ("candidate",)
     reevaluate_alias: str = "candidate"  # promote a version to "champion" by hand when it holds up
     reevaluate_tolerance: float = Field(2.0, ge=0)
+    system_metrics: bool = True  # CPU/GPU/memory as system/* metrics on training runs
+    system_metrics_interval: float = Field(10.0, gt=0)  # seconds between samples
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking_store(cls, v: str) -> str:
+        scheme = v.split("://", 1)[0].lower() if "://" in v else ""
+        if scheme in ("s3", "gs", "wasbs", "abfss"):
+            raise ValueError(f"{v!r} is an artifact store, not a tracking store: use sqlite:///mlflow.db or an "
+                             "http(s):// MLflow server, and put the S3 location in tracking.artifact_location")
+        return v
+
+    @field_validator("artifact_location")
+    @classmethod
+    def _artifact_store(cls, v: str | None) -> str | None:
+        if v is not None and v.lower().startswith("s3:") and not v.lower().startswith("s3://"):
+            raise ValueError(f"{v!r}: an S3 location is written s3://bucket/prefix")
+        if v is not None and v.lower().startswith("s3://") and len(v) <= len("s3://"):
+            raise ValueError("s3:// needs a bucket: s3://bucket/prefix")
+        return v
 
 
 class PipelineConfig(_Section):
@@ -282,6 +316,18 @@ class PipelineConfig(_Section):
     ablation_base: dict[str, Any] = Field(default_factory=dict)
     ablations: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"base": {}})
     baseline: str = "base"  # the ablation every other one is compared with (delta FID)
+    # Orchestration (the Prefect flows; dvc.yaml ignores these): how stages are run, not what they make.
+    task_runner: Literal["threads", "dask"] = "threads"  # threads: one process; dask: LocalCluster or dask_address
+    dask_address: str | None = None  # tcp://host:8786 of an existing Dask scheduler (None: a LocalCluster)
+    dask_workers: int = Field(2, ge=1)  # LocalCluster worker processes
+    max_parallel: int | None = Field(None, ge=1)  # stages at once (None: as many as the resources allow)
+    cpus: int | None = Field(None, ge=1)  # CPU threads this host offers to stages (None: os.cpu_count())
+    gpus: int | None = Field(None, ge=0)  # GPUs this host offers (None: torch.cuda.device_count())
+    stage_threads: int | None = Field(None, ge=1)  # torch threads per heavy stage (None: cpus // 2, >= 1)
+    dispatch: Literal["local", "deployments"] = "local"  # deployments: heavy stages as runs of stage_deployment
+    stage_deployment: str = "gdm-stage/stage"  # flow-name/deployment-name on a work pool (prefect.yaml)
+
+    _paths = field_validator("runs_dir", "reports_dir")(classmethod(lambda cls, v: _local_path(v)))
 
     @model_validator(mode="after")
     def _names(self) -> PipelineConfig:

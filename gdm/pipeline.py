@@ -71,7 +71,7 @@ def _train(cfg: Config, variant: str, ablation: bool = False) -> Stage:
     params = ("pipeline.ablation_base", f"pipeline.ablations.{variant}") if ablation else (f"pipeline.models.{variant}",)
     return Stage(
         f"train{'-ablation' if ablation else ''}@{variant}", "train", {"variant": variant},
-        cmd=f"gdm train --quiet --restart-on-mismatch --variant {variant}",
+        cmd=f"gdm train --quiet --restart-on-mismatch --register --variant {variant}",
         deps=(p["data"],), params=("unet", "diffusion", "train") + READER_PARAMS + params,
         outs=(f"{run}/model.pt", f"{run}/checkpoints"), metrics=(f"{run}/metrics.json",),
         plots=(f"{run}/metrics.csv",), upstream=("prepare",),
@@ -118,7 +118,7 @@ def stage_graph(cfg: Config, *, ablations: bool = True) -> list[Stage]:
     pc = cfg.pipeline
     stages = [
         Stage("prepare", "prepare", cmd="gdm prepare --quiet", params=PREPARE_PARAMS, outs=(p["data"],)),
-        Stage("train-classifier", "train-classifier", cmd="gdm train-classifier --quiet --restart-on-mismatch", deps=(p["data"],),
+        Stage("train-classifier", "train-classifier", cmd="gdm train-classifier --quiet --restart-on-mismatch --register", deps=(p["data"],),
               params=("classifier", "classifier_train", "diffusion") + READER_PARAMS,
               outs=(f"{p['classifier']}/classifier.pt", f"{p['classifier']}/checkpoints"),
               metrics=(f"{p['classifier']}/metrics.json",), plots=(f"{p['classifier']}/metrics.csv",),
@@ -138,8 +138,9 @@ def stage_graph(cfg: Config, *, ablations: bool = True) -> list[Stage]:
     stages.append(Stage(
         "report", "report", cmd="gdm report --quiet", deps=(eval_dir(cfg),),
         params=("pipeline.models", "pipeline.samplers", "sample.scales"),
-        metrics=(f"{p['reports']}/summary.json",),
-        plots=(f"{p['reports']}/tradeoff.png", f"{p['reports']}/tradeoff.csv"),
+        metrics=(f"{p['reports']}/metrics.json",),
+        plots=(f"{p['reports']}/summary.json", f"{p['reports']}/tradeoff.png", f"{p['reports']}/tradeoff.csv",
+               f"{p['reports']}/losses.png", f"{p['reports']}/losses.csv"),
         upstream=tuple(e.name for e in evals),
     ))
     if ablations and pc.ablations:
@@ -152,10 +153,72 @@ def stage_graph(cfg: Config, *, ablations: bool = True) -> list[Stage]:
         stages.append(Stage(
             "ablation-report", "ablation-report", cmd="gdm report --ablations --quiet",
             deps=(eval_dir(cfg, True),), params=("pipeline.ablations", "pipeline.baseline"),
-            metrics=(f"{p['reports']}/ablation.json",), plots=(f"{p['reports']}/ablation.png",),
+            metrics=(f"{p['reports']}/ablation_metrics.json",),
+            plots=(f"{p['reports']}/ablation.json", f"{p['reports']}/ablation.png", f"{p['reports']}/ablation_losses.png"),
             upstream=tuple(e.name for e in abl_evals),
         ))
     return stages
+
+
+# ------------------------------------------------------------------------------- resources
+@dataclass(frozen=True)
+class Resources:
+    """What one stage occupies while it runs: CPU threads (torch.set_num_threads) and GPUs."""
+
+    threads: int = 1
+    gpus: int = 0
+
+
+# Stage kinds whose work is tensor math (they get `stage_threads` threads and, on CUDA, a GPU), and the
+# config section whose `device` decides where they run. The rest (prepare, evaluate, reports) are light.
+HEAVY_KINDS: dict[str, str | None] = {"train": "train", "train-classifier": "classifier_train", "sample": "sample",
+                                      "train-evaluator": None}  # the evaluator CNN has no device key: CPU
+
+
+def host_cpus(cfg: Config) -> int:
+    import os
+
+    return cfg.pipeline.cpus or os.cpu_count() or 1
+
+
+def host_gpus(cfg: Config) -> int:
+    if cfg.pipeline.gpus is not None:
+        return cfg.pipeline.gpus
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def stage_threads(cfg: Config) -> int:
+    return cfg.pipeline.stage_threads or max(1, host_cpus(cfg) // 2)
+
+
+def _on_gpu(cfg: Config, section: str) -> bool:
+    device = getattr(cfg, section).device
+    return device.startswith("cuda") or (device == "auto" and host_gpus(cfg) > 0)
+
+
+def stage_resources(cfg: Config, stage: Stage) -> Resources:
+    """The one declaration of what each stage needs; the flows' runners honour it (threads: Prefect
+    global concurrency limits `gdm-cpu`/`gdm-gpu`; dask: worker resources CPU/GPU)."""
+    if stage.kind not in HEAVY_KINDS:
+        return Resources(threads=1)
+    section = HEAVY_KINDS[stage.kind]
+    threads = min(stage_threads(cfg), host_cpus(cfg))
+    return Resources(threads=threads, gpus=1 if section and _on_gpu(cfg, section) else 0)
+
+
+def dependants(stages: list[Stage], names: set[str]) -> set[str]:
+    """Every stage downstream of `names` (what cannot run when they failed)."""
+    out: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for s in stages:
+            if s.name not in out and (set(s.upstream) & (names | out)):
+                out.add(s.name)
+                changed = True
+    return out
 
 
 def _param_slice(cfg: Config, key: str) -> object:

@@ -119,6 +119,31 @@ def sample(unet_path: str | Path, out_dir: str | Path, sc: SampleConfig, scale: 
     return _assemble(out_dir, name, chunk_dir, n_chunks, sc, scale, unet_path, classifier_path, cfg, timing)
 
 
+def sample_images(unet_path: str | Path, sc: SampleConfig, indices: np.ndarray, labels: np.ndarray | None = None,
+                  device: str | torch.device = "cpu") -> np.ndarray:
+    """Unguided samples `indices` (uint8 NHWC) of a UNet checkpoint; sample i equals sample i of `sample()`
+    with the same settings (same per-sample generators). `labels`: one class per index (-1 / None: the
+    `sc.labels` rule). Used by the MLflow pyfunc model (gdm.tracking.pyfunc)."""
+    model, ckpt = load_model(unet_path, use_ema=sc.use_ema, kind="unet", device=device)
+    cfg = ckpt.get("config", {})
+    schedule = build_schedule(cfg["diffusion"]["noise_schedule"], cfg["diffusion"]["diffusion_steps"], sc.respacing)
+    num_classes = int(ckpt["data"]["num_classes"])
+    indices = np.asarray(indices, dtype=np.int64)
+    rule = requested_labels(sc.labels, indices, num_classes, sc.seed)
+    if labels is not None and num_classes:
+        labels = np.asarray(labels, dtype=np.int64)
+        rule = np.where(labels >= 0, labels, rule)
+        if (rule >= num_classes).any():
+            raise ConfigError(f"labels must lie in [0, {num_classes}) for {unet_path}, got {sorted(set(rule.tolist()))}")
+    shape = (model.in_channels, model.image_size, model.image_size)
+    out = []
+    for b in range(0, len(indices), sc.batch_size):
+        bi = indices[b : b + sc.batch_size]
+        y = torch.from_numpy(rule[b : b + sc.batch_size]).to(device)
+        out.append(to_uint8(_sample_batch(model, None, schedule, sc, 0.0, bi, y, shape, device)))
+    return np.concatenate(out) if out else np.zeros((0, *shape[1:], shape[0]), np.uint8)
+
+
 def _claim_chunks(chunk_dir: Path, key: dict[str, Any]) -> None:
     """Chunks left by an interrupted run are reused only if the same models and settings made them."""
     key_file = chunk_dir / "key.json"

@@ -9,7 +9,10 @@ produces (`config.yaml`) and logs an MLflow run (`tracked`). Layout under `pipel
     classifier/                        classifier.pt, checkpoints/, metrics.csv|json, config.yaml
     evaluator/                         evaluator.pt, metrics.json, config.yaml
     <variant>/samples/<sampler>-<s>/   <sampler>-<respacing>-scale<s>.npz|.png|.json, config.yaml
-    eval/<variant>-<sampler>-<s>.json  metrics (ablation-eval/ for the ablations)
+    eval/<variant>-<sampler>-<s>.json  metrics, numbers only (ablation-eval/ for the ablations)
+    eval-info/<variant>-<sampler>-<s>.json|.config.yaml   what the numbers came from (paths, extractor
+                                       hash, MLflow run id) and the resolved config: kept out of eval/,
+                                       which the report stage depends on (DVC sees only tracked files there)
 """
 
 from __future__ import annotations
@@ -77,7 +80,8 @@ def prepare(cfg: Config, progress: bool = True) -> Path:
 
 
 @contextlib.contextmanager
-def tracked(cfg: Config, stage: str, name: str, parent_run_id: str | None = None) -> Iterator[Any]:
+def tracked(cfg: Config, stage: str, name: str, parent_run_id: str | None = None,
+            system_metrics: bool = False) -> Iterator[Any]:
     """An MLflow run for one stage (a child of `parent_run_id` or of $GDM_PARENT_RUN_ID when set).
 
     Tracking never loses work: with tracking disabled or its backend unreachable the handle is a
@@ -89,7 +93,7 @@ def tracked(cfg: Config, stage: str, name: str, parent_run_id: str | None = None
     data_hash = dataset_hash(cfg)
     tracker = Tracker(cfg.tracking, artifact_location=cfg.tracking.artifact_location)
     run = tracker.start_run(name, parent_run_id=parent, tags=default_tags(stage, data_hash))
-    with run:
+    with run, (run.system_metrics() if system_metrics else contextlib.nullcontext()):
         yield run
 
 
@@ -102,50 +106,68 @@ def _log_rows(run, on_log: OnLog | None) -> OnLog:
     return log
 
 
-def _register(cfg: Config, run, name: str, artifact_path: str) -> str | None:
-    if not cfg.tracking.register_models:
+def _register(cfg: Config, run, name: str, artifact_path: str, move_aliases: bool) -> str | None:
+    """A new version of registered model `name`; `tracking.aliases` move to it only for pipeline runs
+    (`move_aliases`: the flows, `dvc repro`, `gdm train --register`), never for an ad-hoc training run."""
+    if not (cfg.tracking.register_models and move_aliases):
         return None
     return run.register_model(name, artifact_path, cfg.tracking.aliases)
 
 
+def variant_tags(cfg: Config, variant: str) -> dict[str, str]:
+    """Tags that say which variant a run belongs to; for an ablation also its name and the knobs it changes."""
+    import json
+
+    p = cfg.pipeline
+    if variant not in p.ablations:
+        return {"gdm.variant": variant, "gdm.kind": "model"}
+    return {"gdm.variant": variant, "gdm.kind": "ablation", "gdm.ablation": variant,
+            "gdm.ablation_knobs": json.dumps(p.ablations[variant], sort_keys=True),
+            "gdm.ablation_base": json.dumps(p.ablation_base, sort_keys=True)}
+
+
 def train(cfg: Config, variant: str, *, out: Path | None = None, resume: bool = True, progress: bool = True,
           restart_on_mismatch: bool = False, on_log: OnLog | None = None,
-          parent_run_id: str | None = None) -> dict[str, Any]:
-    """Stage `train@<variant>`: the diffusion UNet of one variant."""
+          parent_run_id: str | None = None, move_aliases: bool = False) -> dict[str, Any]:
+    """Stage `train@<variant>`: the diffusion UNet of one variant. The run logs an MLflow pyfunc model
+    (`mlflow.pyfunc.load_model(...)` samples images); a pipeline run (`move_aliases`) registers it as a
+    version of `gdm-unet-<variant>` and points `tracking.aliases` at it."""
     from gdm.train.diffusion import train_diffusion
 
     vcfg = variant_config(cfg, variant)
     out = Path(out) if out else unet_dir(cfg, variant)
     cfg_file = write_config(vcfg, out)
-    with tracked(vcfg, "train", f"train@{variant}", parent_run_id) as run:
+    with tracked(vcfg, "train", f"train@{variant}", parent_run_id, system_metrics=True) as run:
         run.log_params(vcfg.flat())
-        run.set_tags({"gdm.variant": variant})
+        run.set_tags(variant_tags(cfg, variant))
         with progress_bar(f"train {variant}", vcfg.train.steps, enabled=progress) as bar:
             result = train_diffusion(vcfg, dataset_dir(cfg), out, resume=resume, progress=bar,
                                      restart_on_mismatch=restart_on_mismatch, on_log=_log_rows(run, on_log))
-        for f in (Path(result["model"]), cfg_file, out / "metrics.csv"):
-            run.log_artifact(f, "model")
-        result["model_version"] = _register(vcfg, run, f"{cfg.tracking.unet_model_name}-{variant}", "model")
+        for f in (cfg_file, out / "metrics.csv"):
+            run.log_artifact(f, "files")
+        run.log_sampler_model(Path(result["model"]), "model", vcfg.sample)
+        result["model_version"] = _register(vcfg, run, f"{cfg.tracking.unet_model_name}-{variant}", "model",
+                                            move_aliases)
         result["mlflow_run_id"] = run.id
     return result
 
 
 def train_classifier(cfg: Config, *, out: Path | None = None, resume: bool = True, progress: bool = True,
                      restart_on_mismatch: bool = False, on_log: OnLog | None = None,
-                     parent_run_id: str | None = None) -> dict[str, Any]:
+                     parent_run_id: str | None = None, move_aliases: bool = False) -> dict[str, Any]:
     """Stage `train-classifier`: the noisy classifier used for guidance."""
     from gdm.train.classifier import train_classifier as run_training
 
     out = Path(out) if out else runs(cfg) / "classifier"
     cfg_file = write_config(cfg, out)
-    with tracked(cfg, "train-classifier", "train-classifier", parent_run_id) as run:
+    with tracked(cfg, "train-classifier", "train-classifier", parent_run_id, system_metrics=True) as run:
         run.log_params(cfg.flat())
         with progress_bar("train-classifier", cfg.classifier_train.steps, enabled=progress) as bar:
             result = run_training(cfg, dataset_dir(cfg), out, resume=resume, progress=bar,
                                   restart_on_mismatch=restart_on_mismatch, on_log=_log_rows(run, on_log))
         for f in (Path(result["model"]), cfg_file, out / "metrics.csv"):
             run.log_artifact(f, "model")
-        result["model_version"] = _register(cfg, run, cfg.tracking.classifier_model_name, "model")
+        result["model_version"] = _register(cfg, run, cfg.tracking.classifier_model_name, "model", move_aliases)
         result["mlflow_run_id"] = run.id
     return result
 
@@ -179,6 +201,7 @@ def sample(cfg: Config, variant: str, scale: float, *, unet: Path | None = None,
     with tracked(cfg, "sample", name, parent_run_id) as run:
         run.log_params({f"sample.{k}": v for k, v in cfg.sample.model_dump(mode="json").items()})
         run.log_params({"sample.scale": scale, "gdm.variant": variant})
+        run.set_tags(variant_tags(cfg, variant))
         with progress_bar(f"sample {variant} scale {scale:g}", cfg.sample.num_samples, enabled=progress) as bar:
             result = run_sampling(unet, out, cfg.sample, scale, classifier_path=classifier, progress=bar)
         write_config(cfg, out)
@@ -213,29 +236,104 @@ def train_evaluator(cfg: Config, *, out: Path | None = None, progress: bool = Tr
     return result
 
 
+def _sample_meta(samples: Path) -> dict[str, Any]:
+    """The JSON `gdm sample` writes beside its .npz (sampler, respacing, scale, seed, the UNet's config)."""
+    from gdm.evaluation import sample_file
+
+    try:
+        meta = Path(sample_file(samples)).with_suffix(".json")
+    except Exception:
+        return {}
+    return read_json(meta) if meta.is_file() else {}
+
+
+def _variant_of(samples: Path) -> str | None:
+    """`<runs>/<variant>/samples/<sampler>-<scale>[/file.npz]` -> variant (None elsewhere)."""
+    parts = Path(samples).parts
+    return parts[parts.index("samples") - 1] if "samples" in parts[1:] else None
+
+
+def guidance_kind(meta: dict[str, Any], scale: float) -> str:
+    """classifier | free | none; a sampler that records `guidance` in its sample JSON wins."""
+    return str(meta.get("guidance") or ("classifier" if scale > 0 else "none"))
+
+
+def run_label(variant: str, sampler: str, respacing: str, scale: float) -> str:
+    """`cond/ddim25/scale2.0`: the evaluate run's name, unique per scored result."""
+    from gdm.pipeline import scale_tag
+
+    steps = respacing if str(respacing).startswith(sampler) else f"{sampler}{respacing}"
+    return f"{variant}/{steps}/scale{scale_tag(scale)}"
+
+
+def evaluation_params(cfg: Config, variant: str | None, meta: dict[str, Any]) -> dict[str, Any]:
+    """What a scored result is filtered and grouped by in MLflow, under params.yaml names: the variant and
+    its architecture (unet.*), sampler, respacing, scale, guidance kind, seed, num_samples, eval settings."""
+    sc = meta.get("sample_config") or cfg.sample.model_dump(mode="json")
+    scale = float(meta.get("scale", 0.0))
+    unet = (meta.get("config") or {}).get("unet")
+    if unet is None and variant is not None:
+        try:
+            unet = cfg.variant(variant).unet.model_dump(mode="json")
+        except Exception:
+            unet = None
+    params: dict[str, Any] = {"gdm.variant": variant or "unknown", "sample.sampler": meta.get("sampler", sc.get("sampler")),
+                              "sample.respacing": meta.get("respacing", sc.get("respacing")), "sample.scale": scale,
+                              "sample.guidance": guidance_kind(meta, scale), "sample.seed": meta.get("seed", sc.get("seed")),
+                              "sample.num_samples": meta.get("num_samples", sc.get("num_samples")),
+                              "sample.eta": sc.get("eta"), "sample.labels": sc.get("labels")}
+    params.update({f"unet.{k}": v for k, v in (unet or {}).items()})
+    params.update({f"eval.{k}": v for k, v in cfg.eval.model_dump(mode="json").items()})
+    return params
+
+
+def info_path(out: Path) -> Path:
+    """runs/eval/x.json -> runs/eval-info/x.json (ablation-eval -> ablation-eval-info)."""
+    out = Path(out)
+    return out.parent.with_name(out.parent.name + "-info") / out.name
+
+
+def numeric(metrics: dict[str, Any]) -> dict[str, float | int]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def evaluate(cfg: Config, samples: Path, *, reference: Path | None = None, out: Path | None = None,
              evaluator: Path | None = None, require_accuracy: bool = False, parent_run_id: str | None = None,
-             tags: dict[str, str] | None = None) -> dict[str, Any]:
-    """Stage `evaluate`: FID, sFID, IS, precision/recall, KID, accuracy of one sample file."""
+             tags: dict[str, str] | None = None, variant: str | None = None, scale: float | None = None,
+             ablation: bool = False) -> dict[str, Any]:
+    """Stage `evaluate`: FID, sFID, IS, precision/recall, KID, accuracy of one sample file.
+
+    One MLflow run per scored result, named `<variant>/<respacing>/scale<s>` and carrying what it is
+    compared by (`evaluation_params`). `out` gets the numbers only (for `dvc metrics show`); where they
+    came from (paths, extractor hash, run id) and the resolved config go to `info_path(out)`."""
     from gdm.evaluation import evaluate_file
     from gdm.io import write_json
 
     reference = reference or dataset_dir(cfg)
     evaluator = evaluator or (evaluator_path(cfg) if cfg.eval.features == "evaluator" else None)
-    name = f"evaluate@{Path(samples).name}"
+    meta = _sample_meta(Path(samples))
+    variant = variant or _variant_of(Path(samples))
+    if scale is not None:
+        meta.setdefault("scale", float(scale))
+    scale = float(meta.get("scale", 0.0))
+    params = evaluation_params(cfg, variant, meta)
+    name = run_label(variant or "unknown", params["sample.sampler"] or "?", params["sample.respacing"] or "?", scale)
     with tracked(cfg, "evaluate", name, parent_run_id) as run:
         metrics = evaluate_file(cfg, samples, reference, evaluator=evaluator, require_accuracy=require_accuracy)
-        run.log_params({f"eval.{k}": v for k, v in cfg.eval.model_dump(mode="json").items()})
+        run.log_params(params)
         run.log_params({"samples": metrics["samples"], "reference": metrics["reference"]})
-        run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None})
-        if tags:
-            run.set_tags(tags)
+        run.log_metrics(numeric(metrics))
+        run.set_tags({**(variant_tags(cfg, variant) if variant else {}), "gdm.result": name,
+                      "gdm.features": metrics.get("features", ""), **(tags or {})})
         metrics["mlflow_run_id"] = run.id
-        if out is not None:  # metrics flat (for `dvc metrics show`), the resolved config beside them
+        if out is not None:
             out = Path(out)
-            write_json(out, metrics)
-            write_config_as(cfg, out.with_suffix(".config.yaml"))
+            write_json(out, numeric(metrics))
+            info = info_path(out)
+            write_json(info, {k: v for k, v in metrics.items() if k not in numeric(metrics)} | {"run_name": name})
+            write_config_as(cfg, info.with_suffix(".config.yaml"))
             run.log_artifact(out, "metrics")
+            run.log_artifact(info, "metrics")
     return metrics
 
 

@@ -59,10 +59,10 @@ def _write_params(root: Path, params: dict) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def _run(root: Path, *cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def _run(root: Path, *cmd: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a command in the project; on failure or timeout the message carries its output."""
     try:
-        res = subprocess.run(cmd, check=False, cwd=root, env=_env(), capture_output=True, text=True,
+        res = subprocess.run(cmd, check=False, cwd=root, env={**_env(), **(env or {})}, capture_output=True, text=True,
                              timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise AssertionError(f"{' '.join(cmd)} ran past {timeout} s\n--- stdout\n{exc.stdout}"
@@ -105,6 +105,7 @@ def project(tmp_path_factory) -> SimpleNamespace:
     ns.status = json.loads(_run(root, "dvc", "status", "--json").stdout)
     ns.metrics = json.loads(_run(root, "dvc", "metrics", "show", "--json").stdout)
     ns.eval_before = json.loads((root / "runs/eval/cond-ddim-1.0.json").read_text())
+    ns.info_before = json.loads((root / "runs/eval-info/cond-ddim-1.0.json").read_text())
 
     # A `sample` param invalidates exactly the stages that list `sample` (then put back).
     _write_params(root, {**params, "sample": {**params["sample"], "seed": 1}})
@@ -117,6 +118,7 @@ def project(tmp_path_factory) -> SimpleNamespace:
     ns.status_tracking = json.loads(_run(root, "dvc", "status", "--json").stdout)
     ns.forced = _run(root, "dvc", "repro", "--force", "--single-item", "evaluate@cond-ddim-1.0")
     ns.eval_tracked = json.loads((root / "runs/eval/cond-ddim-1.0.json").read_text())
+    ns.info_tracked = json.loads((root / "runs/eval-info/cond-ddim-1.0.json").read_text())
     return ns
 
 
@@ -199,13 +201,82 @@ def test_params_invalidate_only_the_stages_that_list_them(project):
 
 # ------------------------------------------------------------------------------------- MLflow
 def test_mlflow_run_recorded_when_tracking_is_on(project):
-    assert project.eval_before["mlflow_run_id"] is None
-    run_id = project.eval_tracked["mlflow_run_id"]
+    assert project.info_before["mlflow_run_id"] is None
+    run_id = project.info_tracked["mlflow_run_id"]
     assert run_id
     runs = _mlflow_runs(project.root / "mlflow.db")
     assert len(runs) == 1, [r.info.run_name for r in runs]
     assert runs[0].info.run_id == run_id
     assert runs[0].data.tags.get("dvc.stage") == "evaluate@cond-ddim-1.0"
+    assert runs[0].info.run_name == "cond/ddim5/scale1.0" and runs[0].data.params["gdm.variant"] == "cond"
     assert runs[0].data.metrics["fid"] == pytest.approx(project.eval_tracked["fid"])
     # Same inputs, same seed: the tracked re-run scores the samples identically.
     assert project.eval_tracked["fid"] == pytest.approx(project.eval_before["fid"], rel=1e-9)
+
+
+# ------------------------------------------------------------------ the user's DVC journeys
+@pytest.fixture(scope="module")
+def journeys(project, s3_server) -> SimpleNamespace:
+    """After the repro above: commit it, run an experiment with a changed param, go back with
+    `git checkout` + `dvc checkout`, push to an S3 remote (moto) and `dvc pull` into a fresh clone."""
+    root = project.root
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["tracking"]["enabled"] = False
+    _write_params(root, params)
+    _run(root, "git", "add", "-A")
+    _run(root, "git", "commit", "-q", "-m", "baseline results")
+    ns = SimpleNamespace(root=root)
+    ns.fid_before = json.loads((root / "runs/eval/cond-ddim-1.0.json").read_text())["fid"]
+    ns.exp = _run(root, "dvc", "exp", "run", "report", "-S", "sample.seed=1", timeout=300)
+    ns.fid_exp = json.loads((root / "runs/eval/cond-ddim-1.0.json").read_text())["fid"]
+    _run(root, "git", "checkout", "--", ".")
+    _run(root, "dvc", "checkout")
+    ns.status_back = json.loads(_run(root, "dvc", "status", "--json").stdout)
+    ns.fid_back = json.loads((root / "runs/eval/cond-ddim-1.0.json").read_text())["fid"]
+    ns.untracked = _run(root, "git", "status", "--porcelain", "--untracked-files=all", "runs/eval",
+                        "runs/ablation-eval").stdout
+
+    bucket = f"gdm-dvc-{os.getpid()}"
+    s3_server.client().create_bucket(Bucket=bucket)
+    _run(root, "dvc", "remote", "add", "-d", "store", f"s3://{bucket}/dvc")
+    _run(root, "dvc", "remote", "modify", "--local", "store", "endpointurl", s3_server.endpoint_url)
+    _run(root, "dvc", "push", "-q", env=s3_server.env)
+    _run(root, "git", "add", ".dvc/config")
+    _run(root, "git", "commit", "-q", "-m", "S3 remote")
+    clone = root.parent / "fresh-clone"
+    _run(root.parent, "git", "clone", "-q", str(root), str(clone))
+    _run(clone, "dvc", "remote", "modify", "--local", "store", "endpointurl", s3_server.endpoint_url)
+    _run(clone, "dvc", "pull", "-q", env=s3_server.env)
+    ns.clone = clone
+    ns.status_clone = json.loads(_run(clone, "dvc", "status", "--json").stdout)
+    return ns
+
+
+def test_experiment_then_git_and_dvc_checkout_is_clean(journeys):
+    assert journeys.fid_exp != journeys.fid_before  # the experiment really produced other samples
+    assert journeys.status_back == {}, journeys.status_back
+    assert journeys.fid_back == journeys.fid_before
+    assert journeys.untracked == ""  # nothing unknown to git or DVC inside a stage's dependency folder
+
+
+@pytest.mark.s3
+def test_fresh_clone_pulls_from_s3_and_is_clean(journeys):
+    assert journeys.status_clone == {}, journeys.status_clone
+    assert (journeys.clone / "runs/cond/unet/model.pt").is_file()
+    assert list((journeys.clone / "runs/cond/samples/ddim-1.0").glob("*.npz"))
+
+
+def test_metric_files_are_numbers_only_and_plots_are_offline(project):
+    data = project.metrics[""]["data"]
+    for path, entry in data.items():
+        flat = entry["data"]
+        stack = [flat]
+        while stack:  # nested dicts (reports/metrics.json rows) hold numbers too
+            node = stack.pop()
+            for k, v in node.items():
+                assert isinstance(v, (dict, int, float)) and not isinstance(v, bool), (path, k, v)
+                if isinstance(v, dict):
+                    stack.append(v)
+    rows = json.loads((project.root / "reports/metrics.json").read_text())
+    assert set(rows) == {f"cond/ddim/scale{s}" for s in SCALES} and "fid" in rows["cond/ddim/scale1.0"]
+    assert (project.root / "reports/losses.png").stat().st_size > 1000

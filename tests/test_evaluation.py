@@ -151,6 +151,9 @@ def test_evaluate_stage_writes_metrics_and_resolved_config(setup, tmp_path):
         assert written[key] == pytest.approx(metrics[key])
     import yaml
 
-    beside = yaml.safe_load((out.parent / "noise.config.yaml").read_text())
+    info = tmp_path / "eval-info" / "noise.json"  # kept out of eval/, which the report stage depends on
+    beside = yaml.safe_load(info.with_suffix(".config.yaml").read_text())
     assert beside == setup.cfg.to_dict() and beside["tracking"]["enabled"] is False
-    assert "config" not in written  # metrics stay flat for `dvc metrics show`
+    assert all(isinstance(v, (int, float)) for v in written.values())  # numbers only, for `dvc metrics show`
+    assert read_json(info)["samples"] == str(setup.noise) and "mlflow_run_id" in read_json(info)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["noise.json"]

@@ -22,7 +22,7 @@ app = typer.Typer(
 )
 
 # Importing the command modules registers their commands on `app`.
-from gdm.cli import data_cmds, eval_cmds, nn_cmds, pipeline_cmds, train_cmds  # noqa: F401
+from gdm.cli import data_cmds, eval_cmds, nn_cmds, pipeline_cmds, registry_cmds, train_cmds  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,10 +26,13 @@ def report(params: ParamsOpt = "params.yaml", set_: SetOpt = None,
     Console().print("written: " + "  ".join(str(p) for p in written.values()))
 
 
+SUMMARY_COLUMNS = ("variant", "sampler", "steps", "scale", "fid", "sfid", "is", "precision", "recall", "accuracy")
+ABLATION_COLUMNS = ("variant", "num_parameters", "train_images_per_s", "sample_seconds_per_image", "fid", "delta_fid",
+                    "precision", "recall", "accuracy")
+
+
 def print_rows(rows: list[dict], ablations: bool = False) -> None:
-    cols = (("variant", "num_parameters", "train_images_per_s", "sample_seconds_per_image", "fid", "delta_fid",
-             "precision", "recall", "accuracy") if ablations else
-            ("variant", "sampler", "steps", "scale", "fid", "sfid", "is", "precision", "recall", "accuracy"))
+    cols = ABLATION_COLUMNS if ablations else SUMMARY_COLUMNS
     t = Table(title="architecture ablations" if ablations else "guidance sweep (per variant, sampler, scale)")
     for c in cols:
         t.add_column(c, justify="left" if c in ("variant", "sampler") else "right")

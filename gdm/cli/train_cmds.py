@@ -14,6 +14,10 @@ VariantOpt = typer.Option("cond", "--variant", "-v", help="Model variant from pi
 OutOpt = typer.Option(None, "--out", "-o", help="Output directory (default: under pipeline.runs_dir).")
 ResumeOpt = typer.Option(True, "--resume/--no-resume",
                          help="Continue from the newest checkpoint if one exists (--no-resume keeps old ones aside).")
+RegisterOpt = typer.Option(
+    False, "--register",
+    help="Register the trained model as a new MLflow model version and move tracking.aliases (e.g. candidate) "
+         "to it, as pipeline runs (dvc repro, the Prefect flows) do. Without it an ad-hoc run registers nothing.")
 MismatchOpt = typer.Option(
     False, "--restart-on-mismatch",
     help="If the checkpoints were made with another configuration, keep them aside and start afresh "
@@ -30,26 +34,26 @@ def _print_result(title: str, result: dict) -> None:
 @app.command()
 def train(params: ParamsOpt = "params.yaml", set_: SetOpt = None, variant: str = VariantOpt,
           out: Path | None = OutOpt, resume: bool = ResumeOpt, restart_on_mismatch: bool = MismatchOpt,
-          quiet: QuietOpt = False) -> None:
+          register: bool = RegisterOpt, quiet: QuietOpt = False) -> None:
     """Train the diffusion UNet of one variant (EMA, mixed precision, atomic checkpoints, exact resume)."""
     from gdm import stages
 
     cfg = config_from(params, set_)
     result = stages.train(cfg, variant, out=out, resume=resume, progress=not quiet,
-                          restart_on_mismatch=restart_on_mismatch)
+                          restart_on_mismatch=restart_on_mismatch, move_aliases=register)
     _print_result(f"train {variant}", result)
 
 
 @app.command("train-classifier")
 def train_classifier(params: ParamsOpt = "params.yaml", set_: SetOpt = None, out: Path | None = OutOpt,
                      resume: bool = ResumeOpt, restart_on_mismatch: bool = MismatchOpt,
-                     quiet: QuietOpt = False) -> None:
+                     register: bool = RegisterOpt, quiet: QuietOpt = False) -> None:
     """Train the noisy classifier on x_t (same schedule as the diffusion model); accuracy per t-quartile."""
     from gdm import stages
 
     cfg = config_from(params, set_)
     result = stages.train_classifier(cfg, out=out, resume=resume, progress=not quiet,
-                                     restart_on_mismatch=restart_on_mismatch)
+                                     restart_on_mismatch=restart_on_mismatch, move_aliases=register)
     _print_result("train-classifier", result)
 
 

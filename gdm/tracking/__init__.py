@@ -11,6 +11,7 @@ A failing backend never stops training: one warning, then every call is a no-op.
 """
 
 from gdm.tracking.queries import find_runs, latest_evaluation, resolve_alias
+from gdm.tracking.registry import promote, record_verdict
 from gdm.tracking.runs import RunHandle, Tracker, default_warn
 from gdm.tracking.tags import (
     DATA_HASH_TAG,
@@ -35,5 +36,7 @@ __all__ = [
     "find_runs",
     "git_commit",
     "latest_evaluation",
+    "promote",
+    "record_verdict",
     "resolve_alias",
 ]

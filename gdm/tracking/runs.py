@@ -23,6 +23,7 @@ from typing import Any, Self
 from urllib.parse import urlsplit
 
 from gdm.config import TrackingConfig
+from gdm.errors import ConfigError, GdmError
 
 # MLflow's limits (mlflow.utils.validation), restated so importing this module stays cheap.
 MAX_PARAM_VALUE = 6000
@@ -31,6 +32,9 @@ PARAMS_PER_BATCH = 100
 METRICS_PER_BATCH = 1000
 PARENT_RUN_TAG = "mlflow.parentRunId"
 RUN_ID_TAG = "gdm.run_id"
+# The MLflow UI opens an experiment on its GenAI pages unless this tag says it holds model training.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 # Error codes meaning "this one request was bad", not "the backend is broken".
 _REJECTED = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS"}
@@ -99,11 +103,14 @@ class Tracker:
 
     # -- failure handling ------------------------------------------------------------------
     def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run one backend call; None when inactive, rejected, or failed (then degrade)."""
+        """Run one backend call; None when inactive, rejected, or failed (then degrade). A `GdmError`
+        (a setting that cannot be honoured) is raised: the user must fix it, not lose tracking."""
         if not self.active:
             return None
         try:
             return fn(*args, **kwargs)
+        except GdmError:
+            raise
         except Exception as exc:
             if error_code(exc) in _REJECTED:
                 self._warn(f"MLflow rejected {what}: {_short(exc)}; skipped, tracking continues")
@@ -140,14 +147,31 @@ class Tracker:
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
             try:
-                return self.client.create_experiment(name, artifact_location=self.artifact_location)
+                return self.client.create_experiment(name, artifact_location=self.artifact_location,
+                                                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
             except Exception as exc:
                 if error_code(exc) != "RESOURCE_ALREADY_EXISTS":
                     raise
                 exp = self.client.get_experiment_by_name(name)  # created concurrently
         if exp.lifecycle_stage == "deleted":
             self.client.restore_experiment(exp.experiment_id)
+        self._check_artifact_location(exp)
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # experiments made before gdm set the kind
+            self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
+
+    def _check_artifact_location(self, exp: Any) -> None:
+        """MLflow fixes an experiment's artifact location when it is created: a different
+        `tracking.artifact_location` for an existing experiment would be silently ignored."""
+        if self.artifact_location is None or same_location(self.artifact_location, exp.artifact_location):
+            return
+        raise ConfigError(
+            f"tracking.artifact_location is '{self.artifact_location}' but MLflow experiment "
+            f"'{exp.name}' (in {self.cfg.tracking_uri}) already stores its artifacts at "
+            f"'{exp.artifact_location}', and MLflow cannot move an existing experiment. Use a new "
+            f"tracking.experiment name for the new location, or set tracking.artifact_location back "
+            f"to '{exp.artifact_location}' (or null)."
+        )
 
     # -- runs -------------------------------------------------------------------------------
     def start_run(
@@ -234,6 +258,36 @@ class RunHandle:
         """`obj` as a JSON (or YAML, by the file suffix) artifact named `name`."""
         self._call(f"log_dict('{name}')", lambda: self.tracker.client.log_dict(self.id, obj, name))
 
+    def system_metrics(self, interval: float | None = None) -> Any:
+        """Context manager: CPU/memory/disk/network (and GPU, with nvidia-ml-py) as `system/...` metrics
+        of this run while the block runs, every `tracking.system_metrics_interval` seconds."""
+        import contextlib
+
+        cfg = self.tracker.cfg if self.tracker else None
+        if self.id is None or cfg is None or not self.tracker.active or not cfg.system_metrics:
+            return contextlib.nullcontext()
+        return _SystemMetrics(self, interval or cfg.system_metrics_interval)
+
+    def log_sampler_model(self, unet: str | Path, artifact_path: str, sample_cfg: Any) -> None:
+        """The UNet checkpoint as an MLflow pyfunc model (checkpoint + sampler, with a signature) under
+        `artifact_path`, loadable with `mlflow.pyfunc.load_model`."""
+        if self.id is None or self.tracker is None or not self.tracker.active:
+            return
+
+        def _log() -> None:
+            import tempfile
+
+            from gdm.io import load_checkpoint
+            from gdm.tracking.pyfunc import save_sampler_model
+
+            kw = load_checkpoint(unet)["model_kwargs"]
+            shape = (int(kw["image_size"]), int(kw["image_size"]), int(kw["in_channels"]))
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = save_sampler_model(Path(unet), sample_cfg, shape, Path(tmp) / "model")
+                self.tracker.client.log_artifacts(self.id, str(folder), artifact_path)
+
+        self._call(f"log_sampler_model('{unet}')", _log)
+
     def end(self, status: str = "FINISHED") -> None:
         if self._ended:
             return
@@ -278,6 +332,42 @@ class RunHandle:
             return str(mv.version)
 
         return self._call(f"register_model('{name}')", _register)
+
+
+class _SystemMetrics:
+    def __init__(self, run: RunHandle, interval: float):
+        self.run, self.interval, self.monitor = run, interval, None
+
+    def __enter__(self) -> _SystemMetrics:
+        def _start() -> Any:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(self.run.id, sampling_interval=self.interval,
+                                           tracking_uri=self.run.tracker.cfg.tracking_uri)
+            monitor.start()
+            return monitor
+
+        self.monitor = self.run._call("system metrics", _start)
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        if self.monitor is not None:
+            self.run._call("system metrics", self.monitor.finish)
+        return False
+
+
+def same_location(a: str, b: str) -> bool:
+    """Two artifact locations name the same place (file:// URIs and plain paths compared resolved)."""
+
+    def norm(x: str) -> str:
+        x = str(x).rstrip("/")
+        if x.startswith("file://"):
+            x = x[len("file://"):]
+        if "://" not in x:
+            return str(Path(x).expanduser().resolve())
+        return x
+
+    return norm(a) == norm(b)
 
 
 # ------------------------------------------------------------------------------- values

@@ -1,6 +1,7 @@
 import pytest
 import yaml
 
+from tests.flows.servers import prefect_server  # noqa: F401  (a real `prefect server`, session scope)
 from tests.helpers import TINY
 from tests.tracking_fixtures import mlflow_template_db_fixture  # noqa: F401
 
@@ -23,7 +24,7 @@ def write_params(root, mlflow_db, **sections) -> str:
     raw["tracking"] = {"tracking_uri": f"sqlite:///{mlflow_db}", "artifact_location": str(root / "mlartifacts"),
                        "experiment": "gdm-test"}
     raw["pipeline"] = {"runs_dir": str(root / "runs"), "reports_dir": str(root / "reports"),
-                       "models": {"cond": {}}, "baseline": "base",
+                       "models": {"cond": {}}, "baseline": "base", "stage_threads": 1,
                        "ablation_base": {"unet.resblock_updown": False},
                        "ablations": {"base": {}, "biggan": {"unet.resblock_updown": True}}}
     for section, values in sections.items():
