@@ -168,10 +168,11 @@ def test_second_run_reuses_cached_stages(project, first_run, monkeypatch):
     again = pipeline(params=params, progress=False)
     assert calls == []  # every stage answered from the cache
     assert again["train@cond"]["model"] == first_run["train@cond"]["model"]
-    # a deleted output forces that stage to run again, and whatever reads it (its timing changed)
+    # a deleted output forces that stage to run again, and whatever reads it; the scores come out
+    # byte-identical (deterministic stages, numbers-only metric files), so the report is reused
     shutil.rmtree(root / "runs/cond/samples/ddim-2.0")
     pipeline(params=params, progress=False)
-    assert calls == ["sample@cond-ddim-2.0", "evaluate@cond-ddim-2.0", "report"]
+    assert calls == ["sample@cond-ddim-2.0", "evaluate@cond-ddim-2.0"]
 
 
 def test_reevaluate_flow_scores_registered_model_and_compares(project, first_run):
@@ -255,4 +256,13 @@ def test_dask_local_cluster_runs_the_dag_with_the_sequential_results(project, fi
 
     done = on_dask()
     assert set(done) == set(names)
-    assert read_json(tmp_path / "runs/eval/cond-ddim-2.0.json") == read_json(root / "runs/eval/cond-ddim-2.0.json")
+    import numpy as np
+
+    from gdm.metrics.npz import read_samples
+
+    # the samples are bit-identical; the scores agree to float64 round-off (the matrix square root of
+    # FID/sFID runs on BLAS, whose thread count differs between a Dask worker and this process)
+    dask_npz, seq_npz = (next((r / "runs/cond/samples/ddim-2.0").glob("*.npz")) for r in (tmp_path, root))
+    np.testing.assert_array_equal(read_samples(dask_npz)[0], read_samples(seq_npz)[0])
+    dask_eval, seq_eval = (read_json(r / "runs/eval/cond-ddim-2.0.json") for r in (tmp_path, root))
+    assert dask_eval == pytest.approx(seq_eval, rel=1e-9, abs=1e-12)
