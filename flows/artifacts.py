@@ -15,7 +15,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from prefect.artifacts import create_image_artifact, create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_image_artifact,
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 
 from gdm.config import Config
 from gdm.io import read_json

@@ -25,7 +25,6 @@ from typing import Any
 import yaml
 
 import flows  # noqa: F401
-from flows.ablation import ablation
 from flows.pipeline import pipeline
 from flows.reevaluate import reevaluate
 

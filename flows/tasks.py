@@ -21,7 +21,17 @@ from prefect import get_run_logger, task
 
 from gdm import stages as st
 from gdm.config import Config
-from gdm.pipeline import HEAVY_KINDS, Resources, Stage, eval_file, input_hash, outputs_exist, sample_dir, stage_graph, stage_resources
+from gdm.pipeline import (
+    HEAVY_KINDS,
+    Resources,
+    Stage,
+    eval_file,
+    input_hash,
+    outputs_exist,
+    sample_dir,
+    stage_graph,
+    stage_resources,
+)
 from gdm.progress import reporting
 
 RETRIES = {"prepare": 1, "train": 1, "train-classifier": 1, "train-evaluator": 1, "sample": 1, "evaluate": 1}

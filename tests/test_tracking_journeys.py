@@ -55,9 +55,9 @@ def test_s3_artifact_location_is_honoured(mlflow_sandbox, s3_bucket, tmp_path):
 
 def test_system_metrics_on_a_training_run(mlflow_sandbox):
     cfg = mlflow_sandbox.cfg.model_copy(update={"system_metrics_interval": 0.2})
-    with Tracker(cfg, artifact_location=mlflow_sandbox.artifact_location).start_run("train") as run:
-        with run.system_metrics():
-            time.sleep(1.0)
+    run = Tracker(cfg, artifact_location=mlflow_sandbox.artifact_location).start_run("train")
+    with run, run.system_metrics():
+        time.sleep(1.0)
     metrics = _client(mlflow_sandbox).get_run(run.id).data.metrics
     assert any(k.startswith("system/cpu_utilization") for k in metrics), sorted(metrics)
     assert any(k.startswith("system/system_memory") for k in metrics), sorted(metrics)

@@ -338,7 +338,7 @@ class _SystemMetrics:
     def __init__(self, run: RunHandle, interval: float):
         self.run, self.interval, self.monitor = run, interval, None
 
-    def __enter__(self) -> _SystemMetrics:
+    def __enter__(self) -> Self:
         def _start() -> Any:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
@@ -350,7 +350,7 @@ class _SystemMetrics:
         self.monitor = self.run._call("system metrics", _start)
         return self
 
-    def __exit__(self, *exc: Any) -> bool:
+    def __exit__(self, *exc: object) -> bool:
         if self.monitor is not None:
             self.run._call("system metrics", self.monitor.finish)
         return False
@@ -361,8 +361,7 @@ def same_location(a: str, b: str) -> bool:
 
     def norm(x: str) -> str:
         x = str(x).rstrip("/")
-        if x.startswith("file://"):
-            x = x[len("file://"):]
+        x = x.removeprefix("file://")
         if "://" not in x:
             return str(Path(x).expanduser().resolve())
         return x

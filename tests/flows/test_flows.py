@@ -1,6 +1,7 @@
 """The Prefect flows end to end on a tiny configuration (one harness for the whole session)."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -155,6 +156,9 @@ def test_pipeline_run_publishes_prefect_artifacts(project, first_run):
     assert by_key[key(cfg, "summary")].type == "markdown" and "| cond |" in by_key[key(cfg, "summary")].data
     assert by_key[key(cfg, "tradeoff")].type == "image"
     assert by_key[key(cfg, "summary-table")].type == "table"
+    with get_client(sync_client=True) as client:  # long stages report progress inside Prefect
+        prog = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["progress-train-cond"])))
+    assert prog and all(a.type == "progress" for a in prog) and any(float(a.data) == 100.0 for a in prog)
 
 
 def test_second_run_reuses_cached_stages(project, first_run, monkeypatch):
@@ -236,12 +240,12 @@ def test_dask_local_cluster_runs_the_dag_with_the_sequential_results(project, fi
     """Two Dask worker processes on 127.0.0.1 (prefect-dask) run the stages concurrently; every number
     equals the sequential thread-runner run's (the stages are deterministic)."""
     import yaml
-
-    from flows.pipeline import run_stages
     from prefect import flow
 
+    from flows.pipeline import run_stages
+
     root, params = project
-    raw = yaml.safe_load(open(params))
+    raw = yaml.safe_load(Path(params).read_text())
     raw["data"]["out_dir"] = str(tmp_path / "prepared")
     raw["pipeline"].update(runs_dir=str(tmp_path / "runs"), reports_dir=str(tmp_path / "reports"),
                            task_runner="dask", dask_workers=2, max_parallel=None)

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 def _cli(server, cwd, *args, env=None, timeout=300):
     res = subprocess.run(args, cwd=cwd, env={**server.env, **(env or {})}, capture_output=True, text=True,
-                         timeout=timeout)
+                         timeout=timeout, check=False)
     assert res.returncode == 0, f"{' '.join(args)} -> {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     return res
 
@@ -79,6 +79,9 @@ def test_pipeline_deployment_runs_on_a_process_pool_and_dispatches_stages(prefec
     logs = server.api("POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [pipeline_run["id"]]}}})
     messages = "\n".join(entry["message"] for entry in logs)
     assert "stages in" in messages and "evaluate@cond-ddim-0.0: done" in messages, messages[-2000:]
+    train_run = next(fr for fr in by_name[ids["stage"]] if fr["name"] == "train@cond")
+    train_logs = server.api("POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [train_run["id"]]}}})
+    assert any("train cond: 6/6 (100%)" in entry["message"] for entry in train_logs)  # progress, inside Prefect
     arts = server.api("POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [pipeline_run["id"]]}}})
     assert {"table", "markdown", "image"} <= {a["type"] for a in arts}
     # outputs landed in the checkout (the shared storage every stage run saw)
