@@ -73,7 +73,9 @@ def train_evaluator_model(cfg: Config, dataset_dir: str | Path, out_dir: str | P
     metrics.update(dataset_hash=m.content_hash, train_images=len(train), val_images=len(val))
     out = Path(out_dir) / EVALUATOR_FILE
     save_evaluator(out, net, metrics)
-    write_json(Path(out_dir) / "metrics.json", metrics)
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    write_json(Path(out_dir) / "metrics.json", numbers)  # numbers only: `dvc metrics show` reads it
+    write_json(Path(out_dir) / "info.json", {k: v for k, v in metrics.items() if k not in numbers})
     return {"model": str(out), **metrics}
 
 
