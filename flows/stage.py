@@ -23,14 +23,14 @@ import flows  # noqa: F401
 from flows.tasks import _cache_key, find_stage, run_stage
 from gdm.config import Config
 from gdm.errors import GdmError
-from gdm.pipeline import outputs_exist
+from gdm.pipeline import outputs_exist, path_exists
 
 SHARED = ("every host must see the same pipeline paths (a shared filesystem mounted at the same path: "
           "data.out_dir, pipeline.runs_dir, pipeline.reports_dir) and one MLflow tracking server")
 
 
 def _missing(paths) -> list[str]:
-    return [p for p in paths if not Path(p).exists()]
+    return [p for p in paths if not path_exists(p)]
 
 
 @flow(name="gdm-stage", flow_run_name="{stage_name}", log_prints=True)

@@ -255,5 +255,12 @@ def input_hash(cfg: Config, stage: Stage) -> str:
     return h.hexdigest()
 
 
+def path_exists(path: str) -> bool:
+    """A local path or an s3:// location (data.out_dir may be on S3) exists."""
+    from gdm.data.storage import is_s3, location
+
+    return location(path).exists() if is_s3(path) else Path(path).exists()
+
+
 def outputs_exist(stage: Stage) -> bool:
-    return all(Path(p).exists() for p in stage.outs + stage.metrics)
+    return all(path_exists(p) for p in stage.outs + stage.metrics)
