@@ -53,10 +53,11 @@ def test_mlflow_artifact_location_on_s3_holds_checkpoint_grid_and_metrics(s3_buc
     keys = s3_bucket.keys("mlflow/")
     run_keys = [k for k in keys if f"/{trained['mlflow_run_id']}/artifacts/" in k]
     names = {k.split("/artifacts/", 1)[1] for k in run_keys}
-    assert {"model/model.pt", "model/metrics.csv", "model/config.yaml"} <= names
+    # the checkpoint inside the pyfunc model folder (MLmodel beside it), config and loss history as files
+    assert {"model/MLmodel", "model/artifacts/model.pt", "files/metrics.csv", "files/config.yaml"} <= names
     grid = [k for k in keys if k.endswith(f"/artifacts/samples/{sampled.grid.name}")]
     assert len(grid) == 1 and s3_bucket.get(grid[0]) == sampled.grid.read_bytes()
-    model_key = next(k for k in run_keys if k.endswith("/model/model.pt"))
+    model_key = next(k for k in run_keys if k.endswith("/model/artifacts/model.pt"))
     assert s3_bucket.get(model_key) == Path(trained["model"]).read_bytes()
     assert not (tmp_path / "mlruns").exists() and not Path("mlruns").exists()
 
