@@ -179,6 +179,7 @@ class TrainConfig(_Section):
     seed: int = 0
     device: str = "auto"
     num_workers: int = Field(0, ge=0)
+    nproc: int = Field(1, ge=1)  # >1: `gdm train` re-launches itself through torchrun with this many ranks
 
     @field_validator("ema_rates")
     @classmethod
@@ -210,6 +211,7 @@ class ClassifierTrainConfig(_Section):
     seed: int = 1
     device: str = "auto"
     num_workers: int = Field(0, ge=0)  # DataLoader workers decoding training batches
+    nproc: int = Field(1, ge=1)  # >1: `gdm train-classifier` re-launches itself through torchrun
 
 
 class EvaluatorConfig(_Section):
@@ -235,6 +237,7 @@ class SampleConfig(_Section):
     use_ema: bool = True
     chunk_size: int = Field(250, ge=1)  # samples per resumable chunk file
     device: str = "auto"
+    nproc: int = Field(1, ge=1)  # >1: `gdm sample` re-launches itself through torchrun (chunks split over ranks)
 
     @field_validator("scales", mode="before")
     @classmethod

@@ -5,6 +5,11 @@ random label), so it is the same whatever the batch size, the chunking or the nu
 Work is done in chunks of `sample.chunk_size` samples saved atomically; rerunning after an
 interruption generates only the missing chunks. Guidance is composed here, outside the samplers
 and the UNet: `cond_fn = classifier_guidance(classifier, scale, y)`.
+
+Under torchrun the missing chunks are dealt out over the ranks (chunk c holds samples
+[c * chunk_size, (c + 1) * chunk_size) whoever draws it), and rank 0 assembles the npz, grid and
+JSON once every rank is done: the npz is the same bytes for any number of processes, and chunks
+left by a failed job are reused by the next one whatever its size.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gdm import distributed
 from gdm.config import SampleConfig
 from gdm.data.dataset import to_uint8
 from gdm.diffusion import (
@@ -30,8 +36,8 @@ from gdm.diffusion import (
 )
 from gdm.errors import CheckpointError, ConfigError, GdmError
 from gdm.io import read_json, sha256_file, write_json
-from gdm.metrics.npz import read_samples, write_samples
-from gdm.models import load_model, resolve_device
+from gdm.metrics.npz import iter_images, read_samples, sample_writer, write_samples
+from gdm.models import load_model
 from gdm.progress import SILENT, Bar
 
 LABEL_STREAM = 0x1AB3
@@ -79,7 +85,9 @@ def sample(unet_path: str | Path, out_dir: str | Path, sc: SampleConfig, scale: 
     unet_path, out_dir = Path(unet_path), Path(out_dir)
     if scale > 0 and classifier_path is None:
         raise ConfigError(f"guidance scale {scale:g} needs a classifier checkpoint (--classifier)")
-    device = resolve_device(sc.device)
+    world = distributed.init(sc.device)
+    progress = progress if world.is_main else SILENT
+    device = world.device(sc.device)
     model, ckpt = load_model(unet_path, use_ema=sc.use_ema, kind="unet", device=device)
     cfg = ckpt.get("config", {})
     if "diffusion" not in cfg or "num_classes" not in ckpt.get("data", {}):
@@ -94,16 +102,19 @@ def sample(unet_path: str | Path, out_dir: str | Path, sc: SampleConfig, scale: 
     shape = (model.in_channels, model.image_size, model.image_size)
     name = output_name(sc, scale)
     chunk_dir = out_dir / f".{name}.chunks"
-    _claim_chunks(chunk_dir, {"unet": sha256_file(unet_path), "scale": scale,
-                              "classifier": sha256_file(classifier_path) if classifier is not None else None,
-                              **sc.model_dump(mode="json", exclude={"batch_size", "device"})})
     n_chunks = (sc.num_samples + sc.chunk_size - 1) // sc.chunk_size
-    progress.advance(sum(_chunk_len(sc, c) for c in range(n_chunks) if (chunk_dir / f"{c:05d}.npz").exists()))
+
+    def claim() -> list[int]:
+        _claim_chunks(chunk_dir, {"unet": sha256_file(unet_path), "scale": scale,
+                                  "classifier": sha256_file(classifier_path) if classifier is not None else None,
+                                  **sc.model_dump(mode="json", exclude={"batch_size", "device", "nproc"})})
+        return [c for c in range(n_chunks) if not (chunk_dir / f"{c:05d}.npz").exists()]
+
+    missing = world.on_main(claim, "the chunk check")
+    reused = n_chunks - len(missing)
+    progress.advance(sum(_chunk_len(sc, c) for c in range(n_chunks) if c not in missing))
     generated, t0 = 0, time.perf_counter()
-    for c in range(n_chunks):
-        path = chunk_dir / f"{c:05d}.npz"
-        if path.exists():
-            continue
+    for c in missing[world.rank :: world.size]:  # dealt out over the ranks
         lo = c * sc.chunk_size
         idx = np.arange(lo, lo + _chunk_len(sc, c))
         images, labels = [], requested_labels(sc.labels, idx, num_classes, sc.seed)
@@ -113,10 +124,14 @@ def sample(unet_path: str | Path, out_dir: str | Path, sc: SampleConfig, scale: 
             x = _sample_batch(model, classifier, schedule, sc, scale, bi, y, shape, device)
             images.append(to_uint8(x))
             generated += len(bi)
-            progress.advance(len(bi))
-        write_samples(path, np.concatenate(images), labels)
+            progress.advance(len(bi) * world.size)  # rank 0's bar: its share, scaled to the job
+        write_samples(chunk_dir / f"{c:05d}.npz", np.concatenate(images), labels)
+    generated = int(world.all_reduce_sum(torch.tensor([generated], dtype=torch.float64)).item())
     timing = {"seconds_per_image": (time.perf_counter() - t0) / generated} if generated else {}
-    return _assemble(out_dir, name, chunk_dir, n_chunks, sc, scale, unet_path, classifier_path, cfg, timing)
+    extra = {**timing, "world_size": world.size, "chunks_reused": reused}
+    world.on_main(lambda: _assemble(out_dir, name, chunk_dir, n_chunks, sc, scale, unet_path, classifier_path,
+                                    cfg, extra), "assembling the samples")
+    return SampleRun(out_dir / f"{name}.npz", out_dir / f"{name}.png", out_dir / f"{name}.json")
 
 
 def sample_images(unet_path: str | Path, sc: SampleConfig, indices: np.ndarray, labels: np.ndarray | None = None,
@@ -179,22 +194,24 @@ def _sample_batch(model, classifier, schedule, sc: SampleConfig, scale: float, i
 
 
 def _assemble(out_dir: Path, name: str, chunk_dir: Path, n_chunks: int, sc: SampleConfig, scale: float,
-              unet_path: Path, classifier_path, cfg: dict, timing: dict) -> SampleRun:
-    parts = [read_samples(chunk_dir / f"{c:05d}.npz") for c in range(n_chunks)]
-    images = np.concatenate([p[0] for p in parts])
-    labels = np.concatenate([p[1] for p in parts])
+              unet_path: Path, classifier_path, cfg: dict, extra: dict) -> None:
+    """Chunks -> one npz, streamed (one chunk in memory at a time), then the JSON and the grid."""
+    chunks = [chunk_dir / f"{c:05d}.npz" for c in range(n_chunks)]
+    first, _ = read_samples(chunks[0])
+    npz = out_dir / f"{name}.npz"
+    with sample_writer(npz, sc.num_samples, first.shape[1:]) as w:
+        for path in chunks:
+            w.append(*read_samples(path))
+    labels = np.concatenate(w.labels)
     meta: dict[str, Any] = {
         "sampler": sc.sampler, "respacing": sc.respacing, "steps": _num_steps(cfg, sc), "eta": sc.eta,
-        "scale": scale, "num_samples": len(images), "seed": sc.seed, "labels": sc.labels,
+        "scale": scale, "num_samples": w.count, "seed": sc.seed, "labels": sc.labels,
         "unet": str(unet_path), "classifier": str(classifier_path) if classifier_path and scale > 0 else None,
-        "sample_config": sc.model_dump(mode="json"), "config": cfg, **timing,
+        "sample_config": sc.model_dump(mode="json"), "config": cfg, **extra,
     }
-    npz = out_dir / f"{name}.npz"
-    write_samples(npz, images, labels)
     write_json(out_dir / f"{name}.json", meta)
-    grid = _labelled_grid(images, labels, out_dir / f"{name}.png", f"{name}")
+    _labelled_grid(npz, labels, out_dir / f"{name}.png", f"{name}")
     shutil.rmtree(chunk_dir, ignore_errors=True)
-    return SampleRun(npz, grid, out_dir / f"{name}.json")
 
 
 def _num_steps(cfg: dict, sc: SampleConfig) -> int:
@@ -203,18 +220,24 @@ def _num_steps(cfg: dict, sc: SampleConfig) -> int:
     return len(space_timesteps(cfg["diffusion"]["diffusion_steps"], sc.respacing))
 
 
-def _labelled_grid(images: np.ndarray, labels: np.ndarray, path: Path, title: str, per_row: int = 10) -> Path:
+def _labelled_grid(npz: Path, labels: np.ndarray, path: Path, title: str, per_row: int = 10) -> Path:
     """One row per requested class (first `per_row` samples of it); unlabelled: plain 10-wide grid."""
     from gdm.viz import save_grid
 
-    classes = [c for c in np.unique(labels) if c >= 0]
+    classes = [int(c) for c in np.unique(labels) if c >= 0][:20]
+    want = {c: per_row for c in classes} if classes else {-1: per_row * 10}
+    picked: dict[int, list[np.ndarray]] = {c: [] for c in want}
+    start = 0
+    for batch in iter_images(npz, 1024):  # the first few of each class, streamed
+        for i, img in enumerate(batch):
+            c = int(labels[start + i]) if classes else -1
+            if c in want and len(picked[c]) < want[c]:
+                picked[c].append(img)
+        start += len(batch)
+        if all(len(picked[c]) == want[c] for c in want):
+            break
     if not classes:
-        return save_grid(images[: per_row * 10], path, nrow=per_row, title=title)
-    rows, names = [], []
-    for c in classes[:20]:
-        sel = images[labels == c][:per_row]
-        if len(sel) < per_row:
-            sel = np.concatenate([sel, np.full((per_row - len(sel), *images.shape[1:]), 255, np.uint8)])
-        rows.append(sel)
-        names.append(str(c))
-    return save_grid(np.concatenate(rows), path, nrow=per_row, row_labels=names, title=title)
+        return save_grid(np.stack(picked[-1]), path, nrow=per_row, title=title)
+    blank = np.full(picked[classes[0]][0].shape, 255, np.uint8)
+    rows = [np.stack(picked[c] + [blank] * (per_row - len(picked[c]))) for c in classes]
+    return save_grid(np.concatenate(rows), path, nrow=per_row, row_labels=[str(c) for c in classes], title=title)

@@ -87,9 +87,12 @@ def tracked(cfg: Config, stage: str, name: str, parent_run_id: str | None = None
     Tracking never loses work: with tracking disabled or its backend unreachable the handle is a
     no-op and the stage's local outputs are all there is (the tracker says so once).
     """
+    from gdm import distributed
     from gdm.tracking import Tracker, default_tags
 
     parent = parent_run_id or os.environ.get("GDM_PARENT_RUN_ID") or None
+    if not distributed.current().is_main:  # under torchrun only rank 0 talks to MLflow
+        cfg = cfg.with_overrides({"tracking.enabled": False})
     data_hash = dataset_hash(cfg)
     tracker = Tracker(cfg.tracking, artifact_location=cfg.tracking.artifact_location)
     run = tracker.start_run(name, parent_run_id=parent, tags=default_tags(stage, data_hash))
@@ -131,16 +134,25 @@ def train(cfg: Config, variant: str, *, out: Path | None = None, resume: bool = 
           parent_run_id: str | None = None, move_aliases: bool = False) -> dict[str, Any]:
     """Stage `train@<variant>`: the diffusion UNet of one variant. The run logs an MLflow pyfunc model
     (`mlflow.pyfunc.load_model(...)` samples images); a pipeline run (`move_aliases`) registers it as a
-    version of `gdm-unet-<variant>` and points `tracking.aliases` at it."""
+    version of `gdm-unet-<variant>` and points `tracking.aliases` at it. With `train.nproc` > 1 the
+    stage re-launches itself through torchrun (gdm.launch)."""
+    from gdm import distributed, launch
     from gdm.train.diffusion import train_diffusion
 
     vcfg = variant_config(cfg, variant)
     out = Path(out) if out else unet_dir(cfg, variant)
-    cfg_file = write_config(vcfg, out)
+    if launch.wanted(vcfg.train.nproc):
+        args = ["--variant", variant, "--out", str(out), "--resume" if resume else "--no-resume"]
+        args += ["--restart-on-mismatch"] * restart_on_mismatch + ["--quiet"] * (not progress)
+        args += ["--register"] * move_aliases
+        return launch.run_stage(cfg, "train", args, nproc=vcfg.train.nproc, device=vcfg.train.device,
+                                parent_run_id=parent_run_id)
+    world = distributed.init(vcfg.train.device)
+    cfg_file = write_config(vcfg, out) if world.is_main else out / "config.yaml"
     with tracked(vcfg, "train", f"train@{variant}", parent_run_id, system_metrics=True) as run:
         run.log_params(vcfg.flat())
         run.set_tags(variant_tags(cfg, variant))
-        with progress_bar(f"train {variant}", vcfg.train.steps, enabled=progress) as bar:
+        with progress_bar(f"train {variant}", vcfg.train.steps, enabled=progress and world.is_main) as bar:
             result = train_diffusion(vcfg, dataset_dir(cfg), out, resume=resume, progress=bar,
                                      restart_on_mismatch=restart_on_mismatch, on_log=_log_rows(run, on_log))
         for f in (cfg_file, out / "metrics.csv"):
@@ -149,6 +161,7 @@ def train(cfg: Config, variant: str, *, out: Path | None = None, resume: bool = 
         result["model_version"] = _register(vcfg, run, f"{cfg.tracking.unet_model_name}-{variant}", "model",
                                             move_aliases)
         result["mlflow_run_id"] = run.id
+    launch.report(result)
     return result
 
 
@@ -156,19 +169,29 @@ def train_classifier(cfg: Config, *, out: Path | None = None, resume: bool = Tru
                      restart_on_mismatch: bool = False, on_log: OnLog | None = None,
                      parent_run_id: str | None = None, move_aliases: bool = False) -> dict[str, Any]:
     """Stage `train-classifier`: the noisy classifier used for guidance."""
+    from gdm import distributed, launch
     from gdm.train.classifier import train_classifier as run_training
 
     out = Path(out) if out else runs(cfg) / "classifier"
-    cfg_file = write_config(cfg, out)
+    tc = cfg.classifier_train
+    if launch.wanted(tc.nproc):
+        args = ["--out", str(out), "--resume" if resume else "--no-resume"]
+        args += ["--restart-on-mismatch"] * restart_on_mismatch + ["--quiet"] * (not progress)
+        args += ["--register"] * move_aliases
+        return launch.run_stage(cfg, "train-classifier", args, nproc=tc.nproc, device=tc.device,
+                                parent_run_id=parent_run_id)
+    world = distributed.init(tc.device)
+    cfg_file = write_config(cfg, out) if world.is_main else out / "config.yaml"
     with tracked(cfg, "train-classifier", "train-classifier", parent_run_id, system_metrics=True) as run:
         run.log_params(cfg.flat())
-        with progress_bar("train-classifier", cfg.classifier_train.steps, enabled=progress) as bar:
+        with progress_bar("train-classifier", tc.steps, enabled=progress and world.is_main) as bar:
             result = run_training(cfg, dataset_dir(cfg), out, resume=resume, progress=bar,
                                   restart_on_mismatch=restart_on_mismatch, on_log=_log_rows(run, on_log))
         for f in (Path(result["model"]), cfg_file, out / "metrics.csv"):
             run.log_artifact(f, "model")
         result["model_version"] = _register(cfg, run, cfg.tracking.classifier_model_name, "model", move_aliases)
         result["mlflow_run_id"] = run.id
+    launch.report(result)
     return result
 
 
@@ -190,26 +213,39 @@ SMALL_NPZ = 8 << 20  # sample files up to this size are logged to MLflow as arti
 def sample(cfg: Config, variant: str, scale: float, *, unet: Path | None = None, classifier: Path | None = None,
            out: Path | None = None, progress: bool = True, parent_run_id: str | None = None):
     """Stage `sample@<variant>-<sampler>-<scale>`: samples of one variant at one guidance scale."""
+    from gdm import distributed, launch
     from gdm.pipeline import sample_dir, scale_tag
+    from gdm.sampling import SampleRun
     from gdm.sampling import sample as run_sampling
 
     unet = Path(unet) if unet else unet_path(cfg, variant)
     if classifier is None and scale > 0:
         classifier = classifier_path(cfg)
     out = Path(out) if out else Path(sample_dir(cfg, variant, cfg.sample.sampler, scale))
+    if launch.wanted(cfg.sample.nproc):
+        args = ["--variant", variant, "--scale", repr(float(scale)), "--unet", str(unet), "--out", str(out)]
+        args += ["--classifier", str(classifier)] * (classifier is not None) + ["--quiet"] * (not progress)
+        r = launch.run_stage(cfg, "sample", args, nproc=cfg.sample.nproc, device=cfg.sample.device,
+                             parent_run_id=parent_run_id)
+        return SampleRun(Path(r["npz"]), Path(r["grid"]), Path(r["meta"]))
+    world = distributed.init(cfg.sample.device)
     name = f"sample@{variant}-{cfg.sample.sampler}-{scale_tag(scale)}"
     with tracked(cfg, "sample", name, parent_run_id) as run:
         run.log_params({f"sample.{k}": v for k, v in cfg.sample.model_dump(mode="json").items()})
         run.log_params({"sample.scale": scale, "gdm.variant": variant})
         run.set_tags(variant_tags(cfg, variant))
-        with progress_bar(f"sample {variant} scale {scale:g}", cfg.sample.num_samples, enabled=progress) as bar:
+        with progress_bar(f"sample {variant} scale {scale:g}", cfg.sample.num_samples,
+                          enabled=progress and world.is_main) as bar:
             result = run_sampling(unet, out, cfg.sample, scale, classifier_path=classifier, progress=bar)
-        write_config(cfg, out)
-        meta = read_json(result.meta)
-        if "seconds_per_image" in meta:
-            run.log_metrics({"seconds_per_image": meta["seconds_per_image"]})
-        for f in (result.grid, result.meta) + ((result.npz,) if result.npz.stat().st_size <= SMALL_NPZ else ()):
-            run.log_artifact(f, "samples")
+        if world.is_main:
+            write_config(cfg, out)
+            meta = read_json(result.meta)
+            if "seconds_per_image" in meta:
+                run.log_metrics({"seconds_per_image": meta["seconds_per_image"]})
+            small = result.npz.stat().st_size <= SMALL_NPZ
+            for f in (result.grid, result.meta) + ((result.npz,) if small else ()):
+                run.log_artifact(f, "samples")
+    launch.report({"npz": str(result.npz), "grid": str(result.grid), "meta": str(result.meta)})
     return result
 
 

@@ -6,6 +6,7 @@ traceback and exits with status 2.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -30,8 +31,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="gdm", standalone_mode=True)
     except GdmError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error{_rank()}:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted; finished work is kept (rerun to resume)")
         sys.exit(130)
+
+
+def _rank() -> str:
+    """' (rank r/N)' inside a multi-process torchrun job (gdm.launch picks these lines out), else ''."""
+    rank, size = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    return f" (rank {rank}/{size})" if rank is not None and size not in (None, "1") else ""

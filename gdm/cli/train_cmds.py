@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -22,9 +23,19 @@ MismatchOpt = typer.Option(
     False, "--restart-on-mismatch",
     help="If the checkpoints were made with another configuration, keep them aside and start afresh "
          "(default: refuse with an error that lists the differing keys).")
+NprocOpt = typer.Option(
+    None, "--nproc", min=1,
+    help="Processes on this host (data parallel through torchrun; one GPU each on CUDA). Sets train.nproc / "
+         "classifier_train.nproc / sample.nproc; batch sizes stay global. Multi-node: call torchrun yourself.")
+
+
+def _nproc(overrides: list[str] | None, section: str, nproc: int | None) -> list[str]:
+    return list(overrides or []) + ([f"{section}.nproc={nproc}"] if nproc is not None else [])
 
 
 def _print_result(title: str, result: dict) -> None:
+    if os.environ.get("RANK", "0") != "0":  # inside torchrun only rank 0 reports
+        return
     c = Console()
     c.print(f"[bold]{title}[/]")
     for k, v in result.items():
@@ -34,11 +45,14 @@ def _print_result(title: str, result: dict) -> None:
 @app.command()
 def train(params: ParamsOpt = "params.yaml", set_: SetOpt = None, variant: str = VariantOpt,
           out: Path | None = OutOpt, resume: bool = ResumeOpt, restart_on_mismatch: bool = MismatchOpt,
-          register: bool = RegisterOpt, quiet: QuietOpt = False) -> None:
-    """Train the diffusion UNet of one variant (EMA, mixed precision, atomic checkpoints, exact resume)."""
+          register: bool = RegisterOpt, nproc: int | None = NprocOpt, quiet: QuietOpt = False) -> None:
+    """Train the diffusion UNet of one variant (EMA, mixed precision, atomic checkpoints, exact resume).
+
+    Data parallel: `gdm train --nproc N` on one host, or `torchrun ... -m gdm train` across hosts.
+    """
     from gdm import stages
 
-    cfg = config_from(params, set_)
+    cfg = config_from(params, _nproc(set_, "train", nproc))
     result = stages.train(cfg, variant, out=out, resume=resume, progress=not quiet,
                           restart_on_mismatch=restart_on_mismatch, move_aliases=register)
     _print_result(f"train {variant}", result)
@@ -47,11 +61,12 @@ def train(params: ParamsOpt = "params.yaml", set_: SetOpt = None, variant: str =
 @app.command("train-classifier")
 def train_classifier(params: ParamsOpt = "params.yaml", set_: SetOpt = None, out: Path | None = OutOpt,
                      resume: bool = ResumeOpt, restart_on_mismatch: bool = MismatchOpt,
-                     register: bool = RegisterOpt, quiet: QuietOpt = False) -> None:
+                     register: bool = RegisterOpt, nproc: int | None = NprocOpt,
+                     quiet: QuietOpt = False) -> None:
     """Train the noisy classifier on x_t (same schedule as the diffusion model); accuracy per t-quartile."""
     from gdm import stages
 
-    cfg = config_from(params, set_)
+    cfg = config_from(params, _nproc(set_, "classifier_train", nproc))
     result = stages.train_classifier(cfg, out=out, resume=resume, progress=not quiet,
                                      restart_on_mismatch=restart_on_mismatch, move_aliases=register)
     _print_result("train-classifier", result)
@@ -73,15 +88,17 @@ def sample(
     seed: int | None = typer.Option(None),
     labels: str | None = typer.Option(None, help="random | balanced | a class index."),
     out: Path | None = OutOpt,
+    nproc: int | None = NprocOpt,
     quiet: QuietOpt = False,
 ) -> None:
     """Sample a UNet (EMA weights), optionally classifier-guided, into ADM .npz + labelled PNG grid.
 
-    Resumable: rerunning after an interruption generates only the missing chunks.
+    Resumable: rerunning after an interruption generates only the missing chunks (under any number of
+    processes: chunks are split over torchrun ranks and the npz is the same).
     """
     from gdm import stages
 
-    overrides = list(set_ or [])
+    overrides = _nproc(set_, "sample", nproc)
     for key, value in (("sampler", sampler), ("respacing", respacing), ("eta", eta), ("num_samples", num_samples),
                        ("batch_size", batch_size), ("seed", seed), ("labels", labels)):
         if value is not None:
@@ -89,7 +106,7 @@ def sample(
     if scale:
         overrides.append(f"sample.scales=[{', '.join(map(str, scale))}]")
     cfg = config_from(params, overrides)
-    c = Console()
+    c = Console(quiet=os.environ.get("RANK", "0") != "0")  # inside torchrun only rank 0 reports
     for s in cfg.sample.scales:
         run = stages.sample(cfg, variant, s, unet=unet, classifier=classifier, out=out, progress=not quiet)
         c.print(f"scale {s:g}: {run.npz}  grid {run.grid}")

@@ -2,7 +2,8 @@
 
 `sample(batch_size, device, generator) -> (t, weights)`: t int64 [B], weights float32 [B] with
 E[w * L_t] equal to the uniform-t expected loss (w = 1 / (T p_t)). Draws happen on the CPU with
-the given CPU generator and are then moved to `device`.
+the given CPU generator and are then moved to `device`. `sample_each(generators, device)` draws
+one t per generator instead (per-example streams: a data-parallel split does not change the draws).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from gdm.errors import CheckpointError, ConfigError
 class UniformSampler:
     """t ~ Uniform{0, ..., T-1}, weights 1."""
 
+    uses_losses = False  # `update` is a no-op: trainers need not gather losses for it
+
     def __init__(self, num_timesteps: int):
         self.num_timesteps = int(num_timesteps)
 
@@ -24,6 +27,10 @@ class UniformSampler:
     def sample(self, batch_size: int, device="cpu", generator: torch.Generator | None = None):
         t = torch.randint(0, self.num_timesteps, (batch_size,), generator=generator)
         return t.to(device), torch.ones(batch_size, dtype=torch.float32, device=device)
+
+    def sample_each(self, generators, device="cpu"):
+        t = torch.cat([torch.randint(0, self.num_timesteps, (1,), generator=g) for g in generators])
+        return t.to(device), torch.ones(len(t), dtype=torch.float32, device=device)
 
     def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
         """Uniform sampling ignores losses (kept so both samplers share one interface)."""
@@ -40,6 +47,8 @@ class LossSecondMomentSampler:
     mixed with `uniform_prob` of the uniform distribution; uniform until every t has a full
     history. State is two tensors (`loss_history` [T, history] float64, `loss_counts` [T] int64).
     """
+
+    uses_losses = True
 
     def __init__(self, num_timesteps: int, history: int = 10, uniform_prob: float = 0.001):
         self.num_timesteps = int(num_timesteps)
@@ -64,6 +73,12 @@ class LossSecondMomentSampler:
     def sample(self, batch_size: int, device="cpu", generator: torch.Generator | None = None):
         p = self.probabilities()
         t = torch.multinomial(p, batch_size, replacement=True, generator=generator)
+        weights = 1.0 / (self.num_timesteps * p[t])
+        return t.to(device), weights.to(device=device, dtype=torch.float32)
+
+    def sample_each(self, generators, device="cpu"):
+        p = self.probabilities()
+        t = torch.cat([torch.multinomial(p, 1, replacement=True, generator=g) for g in generators])
         weights = 1.0 / (self.num_timesteps * p[t])
         return t.to(device), weights.to(device=device, dtype=torch.float32)
 

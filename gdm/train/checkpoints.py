@@ -93,3 +93,32 @@ def fingerprint(flat_config: dict[str, Any], sections: tuple[str, ...], exclude:
     fp = {k: v for k, v in flat_config.items() if (k.split(".")[0] in sections or k in keys) and k not in exclude}
     fp["data.content_hash"] = data_hash
     return fp
+
+
+def resume_on_every_rank(ckpts: CheckpointDir, world, fingerprint: dict[str, Any], *, resume: bool,
+                         restart_on_mismatch: bool, max_step: int) -> dict | None:
+    """`resume_state` decided once, by rank 0 (which alone may archive); every rank loads that checkpoint.
+
+    A refusal on rank 0 stops every rank with rank 0's message (no rank waits in a collective).
+    Ranks on other nodes read the same file: the run directory must be on storage they all see.
+    """
+    from gdm.distributed import DistributedError
+
+    state = None
+
+    def decide() -> int | None:
+        nonlocal state
+        state = ckpts.resume_state(fingerprint, resume=resume, restart_on_mismatch=restart_on_mismatch,
+                                   max_step=max_step)
+        return None if state is None else int(state["step"])
+
+    step = world.on_main(decide, "the resume decision")
+    if world.is_main or step is None:
+        return state
+    path = ckpts.path(step)
+    if not path.is_file():
+        raise DistributedError(
+            f"rank {world.rank} cannot see {path}, the checkpoint rank 0 resumes from: every node needs the "
+            "run directory on shared storage"
+        )
+    return load_checkpoint(path)

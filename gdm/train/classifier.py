@@ -3,11 +3,14 @@
 Input q_sample(x0, t) with t ~ Uniform{0..T-1} under the SAME schedule as the diffusion model,
 cross-entropy, AdamW with an optional linear lr anneal. Validation accuracy is reported per
 t-quartile (t in [0, T/4), [T/4, T/2), ...): near-clean inputs are easy, pure noise is chance.
-Same checkpoint/resume guarantees as the diffusion trainer.
+Same checkpoint/resume guarantees as the diffusion trainer, and the same data parallelism under
+torchrun (global `classifier_train.batch_size`, each rank its share of the step's positions with
+their t and noise; rank 0 writes; validation accuracy is computed by rank 0).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,16 +19,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from gdm import distributed
 from gdm.config import Config
 from gdm.data.dataset import read_manifest
 from gdm.data.reader import RowReader, StepReader
 from gdm.diffusion import build_schedule, model_timesteps, q_sample, sample_seed
 from gdm.errors import ConfigError
 from gdm.io import save_checkpoint
-from gdm.models import FORMAT, build, classifier_kwargs, resolve_device
+from gdm.models import FORMAT, build, classifier_kwargs
 from gdm.progress import SILENT, Bar
-from gdm.train.batches import step_generator
-from gdm.train.checkpoints import READER_KEYS, CheckpointDir, fingerprint
+from gdm.train.batches import dropout_seed, position_generators, position_noise
+from gdm.train.checkpoints import READER_KEYS, CheckpointDir, fingerprint, resume_on_every_rank
+from gdm.train.diffusion import check_world
 from gdm.train.optim import NonFiniteLoss, Precision, lr_at, set_lr
 from gdm.train.runlog import MetricsLog
 
@@ -54,7 +59,7 @@ def accuracy_by_quartile(model: torch.nn.Module, schedule, val: RowReader, *, se
 
 NOT_FINGERPRINTED = {"classifier_train.steps", "classifier_train.log_every", "classifier_train.checkpoint_every",
                      "classifier_train.keep_checkpoints", "classifier_train.eval_every", "classifier_train.device",
-                     "classifier_train.num_workers"}
+                     "classifier_train.num_workers", "classifier_train.nproc"}
 
 
 def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *, resume: bool = True,
@@ -62,14 +67,19 @@ def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, 
                      on_log: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
     tc = cfg.classifier_train
     run_dir = Path(run_dir)
+    world = distributed.init(tc.device)
+    progress = progress if world.is_main else SILENT
     manifest = read_manifest(dataset_dir)
     if manifest.num_classes < 2:
         raise ConfigError(f"train-classifier: dataset {manifest.path} is unconditional (no labels to learn)")
-    device = resolve_device(tc.device)
+    device = world.device(tc.device)
+    check_world(tc.batch_size, world, "classifier_train.batch_size")
     train = StepReader(str(dataset_dir), "train", batch_size=tc.batch_size, seed=tc.seed, manifest=manifest,
                        random_flip=cfg.data.random_flip, shuffle_window=cfg.data.shuffle_window,
-                       num_workers=tc.num_workers)
+                       num_workers=tc.num_workers, rank=world.rank, world_size=world.size)
     val = RowReader(manifest, "val")
+    B = train.global_batch_size  # this rank reads rows train.slice of each step's global batch
+    pos = range(train.slice.start, train.slice.stop)
     torch.manual_seed(tc.seed)
     kwargs = classifier_kwargs(cfg.classifier, manifest.resolution, manifest.channels, manifest.num_classes)
     model = build("classifier", kwargs).to(device)
@@ -79,67 +89,77 @@ def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, 
     ckpts = CheckpointDir(run_dir / "checkpoints", tc.keep_checkpoints)
     log = MetricsLog(run_dir / "metrics.csv")
     log.extra["num_parameters"] = sum(p.numel() for p in model.parameters())
+    log.extra["world_size"] = world.size
     start = 0
     fp = fingerprint(cfg.flat(), ("classifier", "diffusion", "classifier_train"), NOT_FINGERPRINTED,
                      manifest.content_hash, READER_KEYS)
-    state = ckpts.resume_state(fp, resume=resume, restart_on_mismatch=restart_on_mismatch, max_step=tc.steps)
+    state = resume_on_every_rank(ckpts, world, fp, resume=resume, restart_on_mismatch=restart_on_mismatch,
+                                 max_step=tc.steps)
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         precision.scaler.load_state_dict(state["scaler"])
         start = int(state["step"])
     log.truncate(start)
+    net = world.wrap(model, device)
 
     def payload(step: int) -> dict[str, Any]:
         return {"format": FORMAT, "kind": "classifier", "model_kwargs": kwargs, "model": model.state_dict(),
                 "optimizer": opt.state_dict(), "scaler": precision.scaler.state_dict(), "step": step,
                 "config": cfg.to_dict(), "diffusion": cfg.diffusion.model_dump(), "data": manifest.info(),
-                "fingerprint": fp}
+                "fingerprint": fp, "world_size": world.size}
 
     t0, seen = time.perf_counter(), 0
     progress.advance(start)
     for step, (x0, y) in train.batches(start, tc.steps):
-        model.train()
-        g = step_generator(tc.seed, step)
-        t = torch.randint(0, schedule.num_timesteps, (len(y),), generator=g)
-        x_t = q_sample(schedule, x0, t, torch.randn(x0.shape, generator=g))
-        torch.manual_seed(sample_seed(tc.seed + 1, step))
+        net.train()
+        gens = position_generators(tc.seed, step, pos)
+        t = torch.cat([torch.randint(0, schedule.num_timesteps, (1,), generator=g) for g in gens])
+        x_t = q_sample(schedule, x0, t, position_noise(gens, tuple(x0.shape[1:])))
+        torch.manual_seed(dropout_seed(tc.seed, step, world.rank))
         set_lr(opt, lr_at(step, tc.lr, "linear" if tc.lr_anneal else "constant", tc.steps))
         opt.zero_grad(set_to_none=True)
         with precision.autocast():
-            logits = model(x_t.to(device), model_timesteps(schedule, t).to(device))
-            loss = F.cross_entropy(logits.float(), y.to(device))
-        if not torch.isfinite(loss):
+            logits = net(x_t.to(device), model_timesteps(schedule, t).to(device))
+            loss_sum = F.cross_entropy(logits.float(), y.to(device), reduction="sum")
+        # the global batch mean: DDP averages the ranks' gradients of (sum / B * world_size)
+        precision.backward(loss_sum / B * world.size)
+        stats = world.all_reduce_sum(torch.tensor([float(loss_sum.detach()),
+                                                   float((logits.argmax(-1).cpu() == y).sum())], dtype=torch.float64))
+        loss = float(stats[0]) / B
+        if not math.isfinite(loss):
             raise NonFiniteLoss(f"train-classifier: loss became non-finite at step {step + 1}; stopping. "
                                 f"Last good checkpoint: {ckpts.latest()}")
-        precision.backward(loss)
         precision.step(opt, model.parameters(), None)
-        seen += len(y)
+        seen += B
         done = step + 1
         row: dict[str, Any] | None = None
         if done % tc.log_every == 0 or done == tc.steps:
-            acc = float((logits.argmax(-1).cpu() == y).float().mean())
-            row = {"step": done, "loss": loss.item(), "train_acc": acc, "lr": opt.param_groups[0]["lr"],
+            row = {"step": done, "loss": loss, "train_acc": float(stats[1]) / B, "lr": opt.param_groups[0]["lr"],
                    "images_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
-        if done % tc.eval_every == 0 or done == tc.steps:
+        if (done % tc.eval_every == 0 or done == tc.steps) and world.is_main:
             quart = accuracy_by_quartile(model, schedule, val, seed=tc.seed, device=device)
             row = row or {"step": done}
             row.update({f"val_acc_q{i + 1}": a for i, a in enumerate(quart)})
             row["val_acc"] = sum(quart) / 4
         if row is not None:
             log.append(row)
-            if on_log:
+            if on_log and world.is_main:
                 on_log(done, row)
         if done % tc.checkpoint_every == 0 or done == tc.steps:
-            ckpts.save(done, payload(done))
-            log.write()
-        progress.advance(loss=loss.item())
+            world.check_same(model.state_dict(), f"train-classifier step {done}")
+            if world.is_main:
+                ckpts.save(done, payload(done))
+                log.write()
+        progress.advance(loss=loss)
 
     final = run_dir / MODEL_FILE
-    if start < tc.steps or not final.exists():
+    if world.is_main and (start < tc.steps or not final.exists()):
         full = payload(tc.steps)
         save_checkpoint(final, {k: full[k] for k in ("format", "kind", "model_kwargs", "model", "step", "config",
-                                                     "diffusion", "data")})
-    log.write()
+                                                     "diffusion", "data", "world_size")})
+    if world.is_main:
+        log.write()
+    world.barrier()
     last = {k: v for r in log.rows for k, v in r.items()}  # latest value of every column
     return {"model": str(final), "steps": tc.steps, "resumed_from": start, **last, **log.extra}

@@ -6,6 +6,14 @@ loss-second-moment sampler is on), gradients are accumulated over micro-batches 
 is the full-batch mean whatever their number, then AdamW, EMA at every rate, periodic atomic
 checkpoints. `resume=True` continues from the newest checkpoint and gives, on CPU, the same
 weights as an uninterrupted run.
+
+Data parallel (under torchrun, `gdm.distributed`): `train.batch_size` is the GLOBAL batch. Each rank
+takes its contiguous share of the step's positions, with the t and eps of those positions
+(`gdm.train.batches`), scales its loss sum by world_size / B so DDP's gradient average is the
+full-batch mean, and syncs gradients once per step (no_sync on all but its last micro-batch).
+Every rank steps the same optimizer on the same gradient and keeps the same EMA (checked at each
+checkpoint); rank 0 alone writes checkpoints, metrics and the final model. Checkpoints hold
+nothing world-size specific, so a run resumes under any number of ranks.
 """
 
 from __future__ import annotations
@@ -18,15 +26,16 @@ from typing import Any
 
 import torch
 
+from gdm import distributed
 from gdm.config import Config
 from gdm.data.dataset import read_manifest
 from gdm.data.reader import StepReader
-from gdm.diffusion import build_schedule, create_timestep_sampler, sample_seed, training_losses
+from gdm.diffusion import build_schedule, create_timestep_sampler, training_losses
 from gdm.errors import ConfigError
-from gdm.models import FORMAT, build, resolve_device, unet_kwargs
+from gdm.models import FORMAT, build, unet_kwargs
 from gdm.progress import SILENT, Bar
-from gdm.train.batches import step_generator
-from gdm.train.checkpoints import READER_KEYS, CheckpointDir, fingerprint
+from gdm.train.batches import dropout_seed, position_generators, position_noise
+from gdm.train.checkpoints import READER_KEYS, CheckpointDir, fingerprint, resume_on_every_rank
 from gdm.train.optim import (
     NonFiniteLoss,
     Precision,
@@ -52,7 +61,13 @@ def check_labels(cfg: Config, manifest) -> None:
 
 # Keys that do not change what a run computes: changing them still resumes (steps extends the run).
 NOT_FINGERPRINTED = {"train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                     "train.device", "train.num_workers"}
+                     "train.device", "train.num_workers", "train.nproc"}
+
+
+def check_world(batch_size: int, world: distributed.World, key: str) -> None:
+    if batch_size < world.size:
+        raise ConfigError(f"{key} is {batch_size} (after capping at the dataset size) but the job has "
+                          f"{world.size} ranks: every rank needs at least one example per step")
 
 
 def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *, resume: bool = True,
@@ -60,12 +75,17 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
                     on_log: OnLog | None = None) -> dict[str, Any]:
     tc = cfg.train
     run_dir = Path(run_dir)
+    world = distributed.init(tc.device)
+    progress = progress if world.is_main else SILENT
     manifest = read_manifest(dataset_dir)
     check_labels(cfg, manifest)
-    device = resolve_device(tc.device)
+    device = world.device(tc.device)
+    check_world(tc.batch_size, world, "train.batch_size")
     data = StepReader(str(dataset_dir), "train", batch_size=tc.batch_size, seed=tc.seed, manifest=manifest,
                       random_flip=cfg.data.random_flip, shuffle_window=cfg.data.shuffle_window,
-                      num_workers=tc.num_workers)
+                      num_workers=tc.num_workers, rank=world.rank, world_size=world.size)
+    B = data.global_batch_size  # this rank reads rows data.slice of each step's global batch
+    pos = range(data.slice.start, data.slice.stop)
 
     torch.manual_seed(tc.seed)
     kwargs = unet_kwargs(cfg.unet, manifest.resolution, manifest.channels)
@@ -78,11 +98,13 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
     ckpts = CheckpointDir(run_dir / "checkpoints", tc.keep_checkpoints)
     log = MetricsLog(run_dir / "metrics.csv")
     log.extra["num_parameters"] = sum(p.numel() for p in model.parameters())
+    log.extra["world_size"] = world.size
     start, ema_updates = 0, 0
     fp = fingerprint(cfg.flat(), ("unet", "diffusion", "train"), NOT_FINGERPRINTED, manifest.content_hash,
                      READER_KEYS)
 
-    state = ckpts.resume_state(fp, resume=resume, restart_on_mismatch=restart_on_mismatch, max_step=tc.steps)
+    state = resume_on_every_rank(ckpts, world, fp, resume=resume, restart_on_mismatch=restart_on_mismatch,
+                                 max_step=tc.steps)
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -91,6 +113,7 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
         ema = {r: {k: v.to(device) for k, v in sd.items()} for r, sd in state["ema"].items()}
         start, ema_updates = int(state["step"]), int(state["ema_updates"])
     log.truncate(start)
+    net = world.wrap(model, device)  # DDP (broadcasts rank 0's weights) or the model itself
 
     def payload(step: int) -> dict[str, Any]:
         return {
@@ -98,36 +121,40 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
             "ema": ema, "ema_use": str(tc.ema_rates[0]), "optimizer": opt.state_dict(),
             "scaler": precision.scaler.state_dict(), "timestep_sampler": ts_sampler.state_dict(),
             "step": step, "ema_updates": ema_updates, "config": cfg.to_dict(), "fingerprint": fp,
-            "data": manifest.info(), "rng": {"torch": torch.get_rng_state()},
+            "data": manifest.info(), "rng": {"torch": torch.get_rng_state()}, "world_size": world.size,
         }
 
     params = [p for p in model.parameters() if p.requires_grad]
-    micro = tc.batch_size if tc.microbatch <= 0 else tc.microbatch
+    micro = B if tc.microbatch <= 0 else tc.microbatch
     bad_streak, t0, seen = 0, time.perf_counter(), 0
-    model.train()
+    net.train()
     progress.advance(start)
     for step, (x0, y) in data.batches(start, tc.steps):
-        g = step_generator(tc.seed, step)
-        t, weights = ts_sampler.sample(len(y), "cpu", generator=g)
-        noise = torch.randn(x0.shape, generator=g)
-        torch.manual_seed(sample_seed(tc.seed + 1, step))  # dropout
+        gens = position_generators(tc.seed, step, pos)
+        t, weights = ts_sampler.sample_each(gens)
+        noise = position_noise(gens, tuple(x0.shape[1:]))
+        torch.manual_seed(dropout_seed(tc.seed, step, world.rank))
         set_lr(opt, lr_at(step, tc.lr, tc.lr_schedule, tc.steps, tc.warmup_steps))
         opt.zero_grad(set_to_none=True)
-        totals = {"loss": 0.0, "mse": 0.0, "vb": 0.0}
+        sums = torch.zeros(3, dtype=torch.float64)  # loss, mse, vb summed over this rank's rows
         per_sample = []
-        for s in range(0, len(y), micro):
+        starts = range(0, len(y), micro)
+        for i, s in enumerate(starts):
             sl = slice(s, s + micro)
             xb, tb, nb, wb = (v[sl].to(device) for v in (x0, t, noise, weights))
             yb = y[sl].to(device) if cfg.unet.num_classes is not None else None
-            with precision.autocast():
-                terms = training_losses(schedule, lambda xt, tt, yb=yb: model(xt, tt, yb), xb, tb, noise=nb,
+            with distributed.accumulate(net, last=i == len(starts) - 1), precision.autocast():
+                terms = training_losses(schedule, lambda xt, tt, yb=yb: net(xt, tt, yb), xb, tb, noise=nb,
                                         loss_type=cfg.diffusion.loss_type, learn_sigma=cfg.unet.learn_sigma)
-                loss = (terms["loss"].float() * wb).sum() / len(y)  # full-batch mean over micro-batches
-            precision.backward(loss)
+                # full-batch mean over micro-batches and ranks (DDP averages gradients over ranks)
+                loss = (terms["loss"].float() * wb).sum() / B * world.size
+                precision.backward(loss)
             per_sample.append(terms["loss"].detach().float().cpu())
-            for k in totals:
+            for j, k in enumerate(("loss", "mse", "vb")):
                 if k in terms:
-                    totals[k] += float(terms[k].detach().float().sum()) / len(y)
+                    sums[j] += float(terms[k].detach().float().sum())
+        world.all_reduce_sum(sums)
+        totals = {k: float(sums[j]) / B for j, k in enumerate(("loss", "mse", "vb"))}
         if not all(map(_finite, totals.values())):
             bad_streak += 1
             if tc.precision != "fp16" or bad_streak > 20:
@@ -137,13 +164,14 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
                 )
         else:
             bad_streak = 0
-            ts_sampler.update(t, torch.cat(per_sample))  # never feed a NaN into the importance sampler
+            if ts_sampler.uses_losses:  # never feed a NaN into the importance sampler
+                ts_sampler.update(world.all_gather_cat(t), world.all_gather_cat(torch.cat(per_sample)))
         stepped, gnorm = precision.step(opt, params, tc.grad_clip)
         if stepped:
             for r in tc.ema_rates:
                 ema_update(ema[str(r)], model, ema_rate(r, ema_updates, tc.ema_warmup))
             ema_updates += 1
-        seen += len(y)
+        seen += B
         done = step + 1
         if done % tc.log_every == 0 or done == tc.steps:
             elapsed = time.perf_counter() - t0
@@ -151,21 +179,26 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
                    "loss_scale": precision.scaler.get_scale() if precision.scaler.is_enabled() else 1.0,
                    "images_per_s": seen / max(elapsed, 1e-9)}
             log.append(row)
-            if on_log:
+            if on_log and world.is_main:
                 on_log(done, row)
         if done % tc.checkpoint_every == 0 or done == tc.steps:
-            ckpts.save(done, payload(done))
-            log.write()
+            world.check_same({**model.state_dict(), **{f"ema.{r}.{k}": v for r, sd in ema.items()
+                                                        for k, v in sd.items()}}, f"train step {done}")
+            if world.is_main:
+                ckpts.save(done, payload(done))
+                log.write()
         progress.advance(loss=totals["loss"])
 
     final = run_dir / MODEL_FILE
-    if start < tc.steps or not final.exists():
+    if world.is_main and (start < tc.steps or not final.exists()):
         from gdm.io import save_checkpoint
 
         full = payload(tc.steps)
         save_checkpoint(final, {k: full[k] for k in ("format", "kind", "model_kwargs", "model", "ema", "ema_use",
-                                                     "step", "config", "data")})
-    log.write()
+                                                     "step", "config", "data", "world_size")})
+    if world.is_main:
+        log.write()
+    world.barrier()  # every rank returns once the model is written
     return {"model": str(final), "steps": tc.steps, "resumed_from": start, **log.last(), **log.extra}
 
 
