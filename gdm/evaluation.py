@@ -25,7 +25,7 @@ from gdm.data.reader import RowReader
 from gdm.data.storage import is_s3
 from gdm.errors import DataError, GdmError
 from gdm.io import sha256_file, write_json
-from gdm.metrics import StatsCache, StatsKey, compute_metrics, read_reference_stats, read_samples
+from gdm.metrics import StatsCache, StatsKey, compute_metrics, read_reference_stats
 from gdm.metrics.evaluator import (
     EvaluatorNet,
     extract_features,
@@ -34,6 +34,7 @@ from gdm.metrics.evaluator import (
     train_evaluator,
     uint8_to_float,
 )
+from gdm.metrics.npz import image_header, iter_images, read_labels
 from gdm.progress import SILENT, Bar
 
 EVALUATOR_FILE = "evaluator.pt"
@@ -110,11 +111,24 @@ def make_extractor(cfg: Config, evaluator_path: str | Path | None) -> Extractor:
 
 
 def _check_shape(images: np.ndarray, ex: Extractor, what: str) -> None:
-    if ex.image_shape is not None and tuple(images.shape[1:]) != ex.image_shape:
+    _check_hwc(tuple(images.shape[1:]), ex, what)
+
+
+def _check_hwc(hwc: tuple[int, ...], ex: Extractor, what: str) -> None:
+    if ex.image_shape is not None and tuple(hwc) != ex.image_shape:
         raise DataError(
-            f"{what}: images are {tuple(images.shape[1:])} (H, W, C) but the {ex.name} extractor expects "
+            f"{what}: images are {tuple(hwc)} (H, W, C) but the {ex.name} extractor expects "
             f"{ex.image_shape}: samples and reference must have the same resolution and channels"
         )
+
+
+def npz_features(ex: Extractor, path: Path, batch_size: int) -> dict[str, np.ndarray]:
+    """Features of an ADM .npz's images, read `batch_size` rows at a time: memory holds one batch of
+    images (never all of them, nor a float copy) plus the features. Batches are the extractor's own
+    batch size, so the features equal those of the whole array at once."""
+    _check_hwc(image_header(path)[1], ex, str(path))
+    parts = [ex.features(batch) for batch in iter_images(path, batch_size)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def dataset_features(ex: Extractor, dataset_dir: str | Path, split: str, cache_dir: str | Path) -> dict:
@@ -138,7 +152,8 @@ def dataset_features(ex: Extractor, dataset_dir: str | Path, split: str, cache_d
     return feats
 
 
-def reference_features(ex: Extractor, reference: str | Path, split: str, cache_dir: str | Path) -> dict:
+def reference_features(ex: Extractor, reference: str | Path, split: str, cache_dir: str | Path,
+                       batch_size: int = 250) -> dict:
     """A prepared dataset directory, or an ADM reference batch `.npz` (with or without mu/sigma)."""
     ref = Path(reference)
     if is_s3(reference) or ref.is_dir():
@@ -149,9 +164,7 @@ def reference_features(ex: Extractor, reference: str | Path, split: str, cache_d
     cache, key = StatsCache(cache_dir), StatsKey(sha256_file(ref), "reference-batch", ex.name, ex.weights_hash)
     feats = cache.get(key)
     if feats is None:
-        images, _ = read_samples(ref)
-        _check_shape(images, ex, str(ref))
-        feats = ex.features(images)
+        feats = npz_features(ex, ref, batch_size)
         cache.put(key, feats)
     # FID/sFID from the batch's statistics when it has them; precision/recall/KID need the features
     return {**feats, **stats} if stats is not None else feats
@@ -173,14 +186,15 @@ def evaluate_file(cfg: Config, samples: str | Path, reference: str | Path, *, ev
                   split: str | None = None, require_accuracy: bool = False) -> dict[str, Any]:
     """All metrics of one ADM sample file (or a directory holding one) against a reference."""
     samples = sample_file(samples)
-    images, labels = read_samples(samples)
-    if len(images) < MIN_SAMPLES:
-        raise DataError(f"{samples}: {len(images)} samples; at least {MIN_SAMPLES} are needed for the metrics")
+    n, hwc = image_header(samples)
+    labels = read_labels(samples)
+    if n < MIN_SAMPLES:
+        raise DataError(f"{samples}: {n} samples; at least {MIN_SAMPLES} are needed for the metrics")
     ex = make_extractor(cfg, evaluator)
-    _check_shape(images, ex, str(samples))
+    _check_hwc(hwc, ex, str(samples))
     split = split or cfg.eval.reference
-    ref = reference_features(ex, reference, split, cfg.eval.cache_dir)
-    feats = ex.features(images)
+    ref = reference_features(ex, reference, split, cfg.eval.cache_dir, cfg.eval.batch_size)
+    feats = npz_features(ex, samples, cfg.eval.batch_size)
     has_labels = labels is not None and (labels >= 0).all()
     if require_accuracy and not (has_labels and ex.gives_labels):
         why = "it has no arr_1 labels" if not has_labels else f"the {ex.name} extractor has no dataset classes"

@@ -103,7 +103,7 @@ def iter_images(path: str | os.PathLike, batch_size: int) -> Iterator[np.ndarray
             buf = f.read(k * row)
             if len(buf) != k * row:
                 raise DataError(f"{path}: arr_0 is truncated (header says {shape[0]} images)")
-            yield np.frombuffer(buf, dtype=np.uint8).reshape(k, *shape[1:])
+            yield np.frombuffer(bytearray(buf), dtype=np.uint8).reshape(k, *shape[1:])  # writable
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray | None:

@@ -59,9 +59,11 @@ def check_labels(cfg: Config, manifest) -> None:
         )
 
 
-# Keys that do not change what a run computes: changing them still resumes (steps extends the run).
+# Keys that do not change what a run computes: changing them still resumes (steps extends the run;
+# the number of ranks and the micro-batch size change only the order of the gradient sums, so an
+# 8-GPU run resumes on 4 GPUs with micro-batches).
 NOT_FINGERPRINTED = {"train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                     "train.device", "train.num_workers", "train.nproc"}
+                     "train.device", "train.num_workers", "train.nproc", "train.microbatch"}
 
 
 def check_world(batch_size: int, world: distributed.World, key: str) -> None:

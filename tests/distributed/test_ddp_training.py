@@ -84,6 +84,27 @@ def test_two_ranks_equal_one_process_with_the_same_micro_batches_bit_for_bit(ddp
     assert ck["world_size"] == 2 and ck["step"] == 12
 
 
+def test_a_two_rank_checkpoint_resumes_in_one_process_bit_for_bit(ddp_project, runs, tmp_path):
+    """World size and micro-batching are not part of the run's fingerprint: the 2-rank run's step-8
+    checkpoint continues in one process (micro-batches of B/2) to the 2-rank run's final weights."""
+    import shutil
+
+    from gdm.train.diffusion import train_diffusion
+
+    vcfg = ddp_project.cfg.variant("cond")
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copy(runs / "unet" / "checkpoints" / "ckpt-00000008.pt", tmp_path / "checkpoints")
+    with threads(1):
+        r = train_diffusion(vcfg.with_overrides({"train.microbatch": vcfg.train.batch_size // 2}),
+                            ddp_project.dataset, tmp_path)
+    assert r["resumed_from"] == 8 and r["world_size"] == 1
+    a, b = load_checkpoint(tmp_path / "model.pt"), load_checkpoint(runs / "unet" / "model.pt")
+    for k in b["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k in b["ema"]["0.999"]:
+        assert torch.equal(a["ema"]["0.999"][k], b["ema"]["0.999"][k]), k
+
+
 def test_two_ranks_equal_one_full_batch_process_within_adam_rounding(ddp_project, runs):
     tc = ddp_project.cfg.train
     a = load_checkpoint(runs / "unet" / "model.pt")
