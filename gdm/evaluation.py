@@ -122,12 +122,12 @@ def _check_hwc(hwc: tuple[int, ...], ex: Extractor, what: str) -> None:
         )
 
 
-def npz_features(ex: Extractor, path: Path, batch_size: int) -> dict[str, np.ndarray]:
-    """Features of an ADM .npz's images, read `batch_size` rows at a time: memory holds one batch of
-    images (never all of them, nor a float copy) plus the features. Batches are the extractor's own
-    batch size, so the features equal those of the whole array at once."""
+def npz_features(ex: Extractor, path: Path) -> dict[str, np.ndarray]:
+    """Features of an ADM .npz's images, read one forward batch (`ex.batch_size` rows) at a time:
+    memory holds one batch of images (never all of them, nor a float copy of all) plus the
+    features, and the features equal those of the whole array at once."""
     _check_hwc(image_header(path)[1], ex, str(path))
-    parts = [ex.features(batch) for batch in iter_images(path, batch_size)]
+    parts = [ex.features(batch) for batch in iter_images(path, ex.batch_size)]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -152,8 +152,7 @@ def dataset_features(ex: Extractor, dataset_dir: str | Path, split: str, cache_d
     return feats
 
 
-def reference_features(ex: Extractor, reference: str | Path, split: str, cache_dir: str | Path,
-                       batch_size: int = 250) -> dict:
+def reference_features(ex: Extractor, reference: str | Path, split: str, cache_dir: str | Path) -> dict:
     """A prepared dataset directory, or an ADM reference batch `.npz` (with or without mu/sigma)."""
     ref = Path(reference)
     if is_s3(reference) or ref.is_dir():
@@ -164,7 +163,7 @@ def reference_features(ex: Extractor, reference: str | Path, split: str, cache_d
     cache, key = StatsCache(cache_dir), StatsKey(sha256_file(ref), "reference-batch", ex.name, ex.weights_hash)
     feats = cache.get(key)
     if feats is None:
-        feats = npz_features(ex, ref, batch_size)
+        feats = npz_features(ex, ref)
         cache.put(key, feats)
     # FID/sFID from the batch's statistics when it has them; precision/recall/KID need the features
     return {**feats, **stats} if stats is not None else feats
@@ -193,8 +192,8 @@ def evaluate_file(cfg: Config, samples: str | Path, reference: str | Path, *, ev
     ex = make_extractor(cfg, evaluator)
     _check_hwc(hwc, ex, str(samples))
     split = split or cfg.eval.reference
-    ref = reference_features(ex, reference, split, cfg.eval.cache_dir, cfg.eval.batch_size)
-    feats = npz_features(ex, samples, cfg.eval.batch_size)
+    ref = reference_features(ex, reference, split, cfg.eval.cache_dir)
+    feats = npz_features(ex, samples)
     has_labels = labels is not None and (labels >= 0).all()
     if require_accuracy and not (has_labels and ex.gives_labels):
         why = "it has no arr_1 labels" if not has_labels else f"the {ex.name} extractor has no dataset classes"

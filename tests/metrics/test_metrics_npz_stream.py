@@ -62,9 +62,9 @@ def test_npz_features_stream_with_memory_bounded_by_a_batch(tmp_path):
         x = imgs.astype(np.float32) / 127.5 - 1
         return {"pool": x.reshape(len(x), -1)[:, :8].astype(np.float64)}
 
-    ex = Extractor("toy", "0", feats, (64, 64, 3), False)
+    ex = Extractor("toy", "0", feats, (64, 64, 3), False, batch)
     tracemalloc.start()
-    out = npz_features(ex, tmp_path / "big.npz", batch)
+    out = npz_features(ex, tmp_path / "big.npz")
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert out["pool"].shape == (n, 8)
