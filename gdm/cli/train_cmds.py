@@ -33,8 +33,14 @@ def _nproc(overrides: list[str] | None, section: str, nproc: int | None) -> list
     return list(overrides or []) + ([f"{section}.nproc={nproc}"] if nproc is not None else [])
 
 
+def _reports() -> bool:
+    """Whether this process prints results: not a torchrun rank other than 0, nor a job re-launched by
+    `--nproc` (the launching process prints what rank 0 hands back)."""
+    return os.environ.get("RANK", "0") == "0" and "GDM_RESULT_FILE" not in os.environ
+
+
 def _print_result(title: str, result: dict) -> None:
-    if os.environ.get("RANK", "0") != "0":  # inside torchrun only rank 0 reports
+    if not _reports():
         return
     c = Console()
     c.print(f"[bold]{title}[/]")
@@ -106,7 +112,7 @@ def sample(
     if scale:
         overrides.append(f"sample.scales=[{', '.join(map(str, scale))}]")
     cfg = config_from(params, overrides)
-    c = Console(quiet=os.environ.get("RANK", "0") != "0")  # inside torchrun only rank 0 reports
+    c = Console(quiet=not _reports())
     for s in cfg.sample.scales:
         run = stages.sample(cfg, variant, s, unet=unet, classifier=classifier, out=out, progress=not quiet)
         c.print(f"scale {s:g}: {run.npz}  grid {run.grid}")
