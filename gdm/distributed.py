@@ -216,10 +216,15 @@ def init(device: str = "auto") -> World:
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
             world = World(rank, size, local, comm_device=str(dev))
-        torch.distributed.init_process_group(
-            backend, timeout=datetime.timedelta(seconds=timeout_seconds()),
-            device_id=dev if dev.type == "cuda" else None,
-        )
+        timeout = datetime.timedelta(seconds=timeout_seconds())
+        store, rank, size = next(torch.distributed.rendezvous("env://", timeout=timeout))
+        # torchrun's agent keeps one store across elastic restarts: the new workers could read the
+        # addresses the previous attempt's (dead) ranks published and fail with "Connection refused"
+        # (seen with torch 2.14 and gloo, about one restart in two). Each attempt gets its own keys.
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = torch.distributed.PrefixStore(f"gdm/attempt-{attempt}", store)
+        torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout,
+                                             device_id=dev if dev.type == "cuda" else None)
         atexit.register(shutdown)
     _WORLD = world
     return world
