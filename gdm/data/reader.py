@@ -199,11 +199,10 @@ class StepReader(torch.utils.data.Dataset):
         rows = self.order.rows(step, self.rank, self.world_size).numpy()
         self.cache.prefetch(self.order.window_blocks(step))  # a window's row groups in a few bulk reads
         images, labels = self.cache.read(rows)
-        x = to_float(images)
-        if self.random_flip:
-            flip = flip_mask(self.seed, step, self.global_batch_size)[self.slice]
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        return x, torch.from_numpy(labels)
+        if self.random_flip:  # mirror the chosen rows left-right (W is axis 2 of NHWC), exact on uint8
+            flip = flip_mask(self.seed, step, self.global_batch_size)[self.slice].numpy()
+            images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+        return to_float(images), torch.from_numpy(labels)
 
     __getitem__ = batch
 

@@ -97,3 +97,10 @@ def test_damaged_or_missing_shard_is_named(dataset, tmp_path):
 def test_negative_workers_are_refused(dataset):
     with pytest.raises(DataError, match="num_workers"):
         reader(dataset, num_workers=-1)
+
+
+def test_to_float_has_the_bits_of_the_torch_formula_for_every_byte():
+    v = np.arange(256, dtype=np.uint8).reshape(4, 8, 8, 1)
+    old = torch.from_numpy(v).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    new = to_float(v)
+    assert torch.equal(new, old) and new.stride() == old.stride() and new.dtype == torch.float32
