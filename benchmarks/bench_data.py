@@ -14,7 +14,7 @@ a trainer fed. The goal is that peak RSS does not grow with the dataset: compare
 
     .venv/bin/python benchmarks/bench_data.py [--sizes 20000 100000] [--workers 1 2]
         [--reader-workers 0 1 2] [--batch 8] [--batches 50] [--device cpu|cuda] [--train-steps 2]
-        [--workdir /tmp/gdm-bench-data]
+        [--workdir /tmp/gdm-bench-data] [--parts prepare reader train]
 
 On a GPU host pass --device cuda: the trainer column then shows what the reader has to keep up with.
 """
@@ -65,12 +65,18 @@ def peak_rss_mb() -> tuple[float, float]:
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
 
 
+def rss_now_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
 # ----------------------------------------------------------------------------------- children
 def child_prepare(folder: str, out: str, workers: int) -> dict:
     from gdm.config import DataConfig
     from gdm.data.prepare import prepare_dataset
     from gdm.data.sources import open_source
 
+    base = rss_now_mb()  # after the imports: what any gdm process costs
     cfg = DataConfig(source="imagefolder", path=folder, out_dir=out, name="bench", resolution=64, channels=3,
                      num_workers=workers, val_fraction=0.02)
     t0 = time.perf_counter()
@@ -80,12 +86,13 @@ def child_prepare(folder: str, out: str, workers: int) -> dict:
     dt = time.perf_counter() - t0
     main, child = peak_rss_mb()
     return {"images": src.count, "seconds": dt, "list_seconds": listed, "images_per_s": src.count / dt,
-            "rss_mb": main, "worker_rss_mb": child}
+            "rss_mb": main, "worker_rss_mb": child, "base_mb": base}
 
 
 def child_reader(dataset: str, batch: int, batches: int, workers: int) -> dict:
     from gdm.data.reader import StepReader
 
+    base = rss_now_mb()
     r = StepReader(dataset, "train", batch_size=batch, seed=0, random_flip=True, num_workers=workers)
     it = r.batches(0, batches + 5)
     for _ in range(5):  # warm-up: worker start, first row groups
@@ -94,7 +101,7 @@ def child_reader(dataset: str, batch: int, batches: int, workers: int) -> dict:
     n = sum(len(y) for _, (_, y) in it)
     dt = time.perf_counter() - t0
     main, child = peak_rss_mb()
-    return {"images_per_s": n / dt, "rss_mb": main, "worker_rss_mb": child, "rows": len(r)}
+    return {"images_per_s": n / dt, "rss_mb": main, "worker_rss_mb": child, "rows": len(r), "base_mb": base}
 
 
 def child_train(batch: int, steps: int, device: str) -> dict:
@@ -113,7 +120,8 @@ def child_train(batch: int, steps: int, device: str) -> dict:
 
     def step() -> None:
         t = torch.randint(0, 1000, (batch,), device=device)
-        loss = training_losses(schedule, lambda xt, tt: model(xt, tt, y), x0, t, loss_type="hybrid",
+        loss = training_losses(schedule, lambda xt, tt: model(xt, tt, y), x0, t, noise=torch.randn_like(x0),
+                               loss_type="hybrid",
                                learn_sigma=True)["loss"].mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -139,6 +147,11 @@ def run_child(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _rss(r: dict) -> str:
+    worker = f" / {r['worker_rss_mb']:.0f}" if r["worker_rss_mb"] else ""
+    return f"{r['rss_mb']:.0f} ({r['base_mb']:.0f}){worker}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[20000, 100000])
@@ -149,6 +162,8 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=2, help="timed adm-64 training steps (0: skip)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workdir", default="/tmp/gdm-bench-data")
+    ap.add_argument("--parts", nargs="+", default=["prepare", "reader", "train"], choices=["prepare", "reader", "train"],
+                    help="what to measure (the reader reuses a dataset prepared by an earlier run)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -161,40 +176,39 @@ def main() -> None:
 
     work = Path(a.workdir)
     rows = {}
-    for n in a.sizes:
+    for n in a.sizes if {"prepare", "reader"} & set(a.parts) else []:
         print(f"size {n}: generating / checking the imagefolder ...", flush=True)
         folder = make_imagefolder(work / f"folder-{n}", n)
         r = rows[n] = {}
-        for w in a.workers:
+        for w in a.workers if "prepare" in a.parts else []:
             res = run_child("prepare", str(folder), str(work / f"prepared-{n}-w{w}"), str(w))
             r[f"prepare_w{w}"] = res
-            print(f"  prepare workers={w}: {res['images_per_s']:.0f} images/s, peak RSS {res['rss_mb']:.0f} MB "
-                  f"(largest worker {res['worker_rss_mb']:.0f} MB)", flush=True)
-        dataset = str(work / f"prepared-{n}-w{a.workers[0]}" / "bench")
-        for w in a.reader_workers:
-            res = run_child("reader", dataset, str(a.batch), str(a.batches), str(w))
+            print(f"  prepare workers={w}: {res['images_per_s']:.0f} images/s, peak RSS {_rss(res)} MB", flush=True)
+        dataset = work / f"prepared-{n}-w{a.workers[0]}" / "bench"
+        if "reader" in a.parts and not (dataset / "manifest.json").is_file():
+            run_child("prepare", str(folder), str(dataset.parent), str(a.workers[-1]))
+        for w in a.reader_workers if "reader" in a.parts else []:
+            res = run_child("reader", str(dataset), str(a.batch), str(a.batches), str(w))
             r[f"reader_w{w}"] = res
-            print(f"  reader workers={w}: {res['images_per_s']:.0f} images/s, peak RSS {res['rss_mb']:.0f} MB "
-                  f"(largest worker {res['worker_rss_mb']:.0f} MB)", flush=True)
-    train = run_child("train", str(a.batch), str(a.train_steps), a.device) if a.train_steps else None
+            print(f"  reader workers={w}: {res['images_per_s']:.0f} images/s, peak RSS {_rss(res)} MB", flush=True)
+    train = run_child("train", str(a.batch), str(a.train_steps), a.device) if a.train_steps and "train" in a.parts \
+        else None
 
     sizes = a.sizes
     print(f"\n| figure | {' | '.join(f'{n} images' for n in sizes)} |")
     print(f"|---|{'---|' * len(sizes)}")
-    for w in a.workers:
+    for w in a.workers if "prepare" in a.parts else []:
         print(f"| prepare, {w} worker(s): images/s | "
               + " | ".join(f"{rows[n][f'prepare_w{w}']['images_per_s']:.0f}" for n in sizes) + " |")
-    for w in a.workers:
-        print(f"| prepare, {w} worker(s): peak RSS main / largest worker (MB) | "
-              + " | ".join(f"{rows[n][f'prepare_w{w}']['rss_mb']:.0f} / {rows[n][f'prepare_w{w}']['worker_rss_mb']:.0f}"
-                           for n in sizes) + " |")
-    for w in a.reader_workers:
+    for w in a.workers if "prepare" in a.parts else []:
+        print(f"| prepare, {w} worker(s): peak RSS main (after imports) / largest worker, MB | "
+              + " | ".join(_rss(rows[n][f"prepare_w{w}"]) for n in sizes) + " |")
+    for w in a.reader_workers if "reader" in a.parts else []:
         print(f"| reader ({a.batches} batches of {a.batch}), {w} DataLoader worker(s): images/s | "
               + " | ".join(f"{rows[n][f'reader_w{w}']['images_per_s']:.0f}" for n in sizes) + " |")
-    for w in a.reader_workers:
-        print(f"| reader, {w} worker(s): peak RSS main / largest worker (MB) | "
-              + " | ".join(f"{rows[n][f'reader_w{w}']['rss_mb']:.0f} / {rows[n][f'reader_w{w}']['worker_rss_mb']:.0f}"
-                           for n in sizes) + " |")
+    for w in a.reader_workers if "reader" in a.parts else []:
+        print(f"| reader, {w} worker(s): peak RSS main (after imports) / largest worker, MB | "
+              + " | ".join(_rss(rows[n][f"reader_w{w}"]) for n in sizes) + " |")
     if train:
         print(f"| adm-64 UNet ({train['parameters'] / 1e6:.0f}M params) training step at batch {a.batch} on "
               f"{a.device}: images/s | {train['images_per_s']:.2f} ({train['seconds_per_step']:.1f} s/step) |")
