@@ -41,7 +41,7 @@ def scale_tag(scale: float) -> str:
 def paths(cfg: Config) -> dict[str, str]:
     runs = cfg.pipeline.runs_dir
     return {
-        "data": str(Path(cfg.data.out_dir) / cfg.data.dataset_name),
+        "data": str(cfg.data.prepared_dir),  # a local path or an s3:// URL (Path would mangle "s3://")
         "classifier": f"{runs}/classifier",
         "evaluator": f"{runs}/evaluator",
         "reports": cfg.pipeline.reports_dir,
