@@ -83,3 +83,19 @@ def test_cuda_launch_needs_a_device_per_process():
 
     with pytest.raises(GdmError, match="CUDA is not available"):
         launch.check_devices(2, "cuda")
+
+
+def test_a_failed_relaunch_raises_the_ranks_messages(monkeypatch, tmp_path):
+    import sys
+
+    from tests.helpers import tiny_config
+
+    script = ("import sys; print('torchrun noise', file=sys.stderr); "
+              "print('error (rank 1/2): data.path /x: not found', file=sys.stderr); "
+              "print('  second line of it', file=sys.stderr); print('other', file=sys.stderr); sys.exit(2)")
+    monkeypatch.setattr(launch, "torchrun_command", lambda n, args: [sys.executable, "-c", script])
+    with pytest.raises(launch.LaunchError) as err:
+        launch.run_stage(tiny_config(tmp_path), "train", [], nproc=2, device="cpu")
+    msg = str(err.value)
+    assert "2 processes (torchrun) failed (exit 2)" in msg
+    assert "error (rank 1/2): data.path /x: not found\n  second line of it" in msg and "other" not in msg
