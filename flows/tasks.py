@@ -63,14 +63,16 @@ def execute(cfg: Config, stage: Stage, parent_run_id: str | None, progress: bool
     if stage.kind == "train-evaluator":
         return st.train_evaluator(cfg, progress=progress, parent_run_id=parent_run_id)
     if stage.kind == "sample":
-        scfg = cfg.with_overrides({"sample.sampler": a["sampler"]})
-        out = sample_dir(cfg, a["variant"], a["sampler"], a["scale"])
+        kind = a.get("guidance", "classifier")
+        scfg = cfg.with_overrides({"sample.sampler": a["sampler"], "sample.guidance": kind})
+        out = sample_dir(cfg, a["variant"], a["sampler"], a["scale"], kind)
         run = st.sample(scfg, a["variant"], a["scale"], out=out, progress=progress, parent_run_id=parent_run_id)
         return {"npz": str(run.npz), "grid": str(run.grid)}
     if stage.kind == "evaluate":
         ablation = stage.name.startswith("evaluate-ablation")
-        out = eval_file(cfg, a["variant"], a["sampler"], a["scale"], ablation)
-        m = st.evaluate(cfg, sample_dir(cfg, a["variant"], a["sampler"], a["scale"]), out=out,
+        kind = a.get("guidance", "classifier")
+        out = eval_file(cfg, a["variant"], a["sampler"], a["scale"], ablation, kind)
+        m = st.evaluate(cfg, sample_dir(cfg, a["variant"], a["sampler"], a["scale"], kind), out=out,
                         parent_run_id=parent_run_id, variant=a["variant"], scale=a["scale"], ablation=ablation)
         return {k: v for k, v in m.items() if k != "warnings"}
     if stage.kind in ("report", "ablation-report"):

@@ -112,8 +112,20 @@ class UNetConfig(_Section):
     num_classes: int | None = Field(10, ge=2)
     attention_order: Literal["legacy", "new"] = "legacy"
     use_checkpoint: bool = False
+    # Classifier-free guidance (Ho & Salimans 2022): probability of replacing y by the null label
+    # (a learned extra embedding row, index num_classes) during training. 0: the paper's ADM models.
+    class_dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
     _mult = field_validator("channel_mult")(classmethod(lambda cls, v: _check_mult(v)))
+
+    @model_validator(mode="after")
+    def _dropout_needs_labels(self) -> UNetConfig:
+        if self.class_dropout > 0 and self.num_classes is None:
+            raise ValueError(
+                f"class_dropout {self.class_dropout} needs a class-conditional UNet (num_classes set); "
+                "set class_dropout: 0.0 for an unconditional model"
+            )
+        return self
 
     @field_validator("num_head_channels", "num_heads_upsample")
     @classmethod
@@ -229,6 +241,9 @@ class SampleConfig(_Section):
     respacing: str = "ddim25"
     eta: float = Field(0.0, ge=0.0)
     scales: tuple[float, ...] = (0.0,)
+    # classifier: ADM's classifier guidance (scale s); free: classifier-free guidance (scale w,
+    # eps = (1 + w) eps(x, y) - w eps(x, null); needs a UNet trained with unet.class_dropout > 0)
+    guidance: Literal["classifier", "free"] = "classifier"
     num_samples: int = Field(500, ge=1)
     batch_size: int = Field(250, ge=1)
     seed: int = 0
@@ -315,6 +330,9 @@ class PipelineConfig(_Section):
         default_factory=lambda: {"cond": {}, "uncond": {"unet.num_classes": None}}
     )
     samplers: tuple[Literal["ddpm", "ddim"], ...] = ("ddim",)
+    # Models also swept with classifier-free guidance (sample.guidance: free) on the sample.scales list;
+    # each must be one of `models` trained with unet.class_dropout > 0 (checked at load).
+    free_guidance: tuple[str, ...] = ()
     # Architecture ablations (Tables 1-3): `ablation_base` overrides first, then the variant's own.
     ablation_base: dict[str, Any] = Field(default_factory=dict)
     ablations: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"base": {}})
@@ -340,6 +358,8 @@ class PipelineConfig(_Section):
                 raise ValueError(
                     f"pipeline variant name {name!r} must match [A-Za-z0-9_-]+ and not be one of {sorted(reserved)}"
                 )
+        if len(set(self.free_guidance)) != len(self.free_guidance):
+            raise ValueError(f"pipeline.free_guidance {list(self.free_guidance)} names a model twice")
         both = set(self.models) & set(self.ablations)
         if both:
             raise ValueError(f"pipeline.models and pipeline.ablations share names {sorted(both)}")
@@ -414,6 +434,16 @@ class Config(_Section):
         """Validate every declared variant once, at load (errors name the variant and key)."""
         for name in list(self.pipeline.models) + list(self.pipeline.ablations):
             self.variant(name)
+        for name in self.pipeline.free_guidance:
+            if name not in self.pipeline.models:
+                raise ConfigError(f"pipeline.free_guidance: {name!r} is not one of pipeline.models "
+                                  f"{sorted(self.pipeline.models)}")
+            if self.variant(name).unet.class_dropout <= 0:
+                raise ConfigError(
+                    f"pipeline.free_guidance: model {name!r} has unet.class_dropout 0, so it cannot be sampled with "
+                    f"classifier-free guidance; give it a class dropout (pipeline.models.{name}: "
+                    "{unet.class_dropout: 0.1}) or remove it from pipeline.free_guidance"
+                )
         return self
 
 

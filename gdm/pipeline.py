@@ -8,6 +8,8 @@ expresses the same graph with `foreach`/`matrix`; a test checks that the two agr
     prepare -> train@<model> ---------------------------> sample@<model>-<sampler>-<scale> -> evaluate@... -> report
             -> train-classifier ------------------------^                                  ^
             -> train-evaluator ----------------------------------------------------------/
+    classifier-free guidance (models in pipeline.free_guidance, no classifier):
+            train@<model> -> sample-free@<model>-<sampler>-<scale> -> evaluate-free@... -> report
     ablations: train@<ablation> -> sample-ablation@<ablation> -> evaluate-ablation@<ablation> -> ablation-report
 """
 
@@ -52,16 +54,26 @@ def unet_run(cfg: Config, variant: str) -> str:
     return f"{cfg.pipeline.runs_dir}/{variant}/unet"
 
 
-def sample_dir(cfg: Config, variant: str, sampler: str, scale: float) -> str:
-    return f"{cfg.pipeline.runs_dir}/{variant}/samples/{sampler}-{scale_tag(scale)}"
+def _kind_tag(guidance: str) -> str:
+    """Classifier guidance keeps the plain names; classifier-free runs carry `free-` before the scale."""
+    return "" if guidance == "classifier" else f"{guidance}-"
+
+
+def sample_stage_prefix(guidance: str) -> str:
+    return "sample" if guidance == "classifier" else f"sample-{guidance}"
+
+
+def sample_dir(cfg: Config, variant: str, sampler: str, scale: float, guidance: str = "classifier") -> str:
+    return f"{cfg.pipeline.runs_dir}/{variant}/samples/{sampler}-{_kind_tag(guidance)}{scale_tag(scale)}"
 
 
 def eval_dir(cfg: Config, ablation: bool = False) -> str:
     return f"{cfg.pipeline.runs_dir}/{'ablation-eval' if ablation else 'eval'}"
 
 
-def eval_file(cfg: Config, variant: str, sampler: str, scale: float, ablation: bool = False) -> str:
-    return f"{eval_dir(cfg, ablation)}/{variant}-{sampler}-{scale_tag(scale)}.json"
+def eval_file(cfg: Config, variant: str, sampler: str, scale: float, ablation: bool = False,
+              guidance: str = "classifier") -> str:
+    return f"{eval_dir(cfg, ablation)}/{variant}-{sampler}-{_kind_tag(guidance)}{scale_tag(scale)}.json"
 
 
 def _train(cfg: Config, variant: str, ablation: bool = False) -> Stage:
@@ -91,17 +103,25 @@ SAMPLE_PARAMS = ("sample.respacing", "sample.eta", "sample.num_samples", "sample
                  "sample.clip_denoised", "sample.use_ema")
 
 
-def _sample_eval(cfg: Config, variant: str, sampler: str, scale: float, ablation: bool = False) -> list[Stage]:
+def _sample_eval(cfg: Config, variant: str, sampler: str, scale: float, ablation: bool = False,
+                 guidance: str = "classifier") -> list[Stage]:
     p = paths(cfg)
-    suffix, tag = ("-ablation", variant) if ablation else ("", f"{variant}-{sampler}-{scale_tag(scale)}")
-    sdir, efile = sample_dir(cfg, variant, sampler, scale), eval_file(cfg, variant, sampler, scale, ablation)
-    args = {"variant": variant, "sampler": sampler, "scale": float(scale)}
-    guided = () if ablation else (f"{p['classifier']}/classifier.pt",)  # ablations sample unguided
+    free = guidance == "free"
+    suffix = "-ablation" if ablation else "-free" if free else ""
+    tag = variant if ablation else f"{variant}-{sampler}-{scale_tag(scale)}"
+    sdir, efile = sample_dir(cfg, variant, sampler, scale, guidance), eval_file(cfg, variant, sampler, scale,
+                                                                                ablation, guidance)
+    args = {"variant": variant, "sampler": sampler, "scale": float(scale), "guidance": guidance}
+    guided = () if ablation or free else (f"{p['classifier']}/classifier.pt",)  # ablations sample unguided
+    kind_opt = " --guidance free" if free else ""
     sample = Stage(
         f"sample{suffix}@{tag}", "sample", args,
-        cmd=f"gdm sample --quiet --variant {variant} --sampler {sampler} --scale {scale_tag(scale)} --out {sdir}",
+        cmd=f"gdm sample --quiet --variant {variant} --sampler {sampler}{kind_opt} --scale {scale_tag(scale)} "
+            f"--out {sdir}",
         deps=(f"{unet_run(cfg, variant)}/model.pt",) + guided,
-        params=SAMPLE_PARAMS + (("sample.sampler",) if ablation else ()), outs=(sdir,), upstream=(f"train-ablation@{variant}",) if ablation else (f"train@{variant}", "train-classifier"),
+        params=SAMPLE_PARAMS + (("sample.sampler",) if ablation else ()), outs=(sdir,),
+        upstream=(f"train-ablation@{variant}",) if ablation else (f"train@{variant}",) if free else (
+            f"train@{variant}", "train-classifier"),
     )
     evaluate = Stage(
         f"evaluate{suffix}@{tag}", "evaluate", args,
@@ -135,9 +155,15 @@ def stage_graph(cfg: Config, *, ablations: bool = True) -> list[Stage]:
                 pair = _sample_eval(cfg, v, s, c)
                 stages += pair
                 evals.append(pair[1])
+    for v in pc.free_guidance:  # classifier-free guidance on the same scale list
+        for s in pc.samplers:
+            for c in cfg.sample.scales:
+                pair = _sample_eval(cfg, v, s, c, guidance="free")
+                stages += pair
+                evals.append(pair[1])
     stages.append(Stage(
         "report", "report", cmd="gdm report --quiet", deps=(eval_dir(cfg),),
-        params=("pipeline.models", "pipeline.samplers", "sample.scales"),
+        params=("pipeline.models", "pipeline.samplers", "pipeline.free_guidance", "sample.scales"),
         metrics=(f"{p['reports']}/metrics.json",),
         plots=(f"{p['reports']}/summary.json", f"{p['reports']}/tradeoff.png", f"{p['reports']}/tradeoff.csv",
                f"{p['reports']}/losses.png", f"{p['reports']}/losses.csv"),

@@ -4,7 +4,8 @@ Sample i is drawn from generators seeded by (seed, i) (initial noise, every step
 random label), so it is the same whatever the batch size, the chunking or the number of workers.
 Work is done in chunks of `sample.chunk_size` samples saved atomically; rerunning after an
 interruption generates only the missing chunks. Guidance is composed here, outside the samplers
-and the UNet: `cond_fn = classifier_guidance(classifier, scale, y)`.
+and the UNet: `cond_fn = classifier_guidance(classifier, scale, y)` (`sample.guidance: classifier`) or
+the model function wrapped by `classifier_free_guidance(model, y, null, w)` (`sample.guidance: free`).
 
 Under torchrun the missing chunks are dealt out over the ranks (chunk c holds samples
 [c * chunk_size, (c + 1) * chunk_size) whoever draws it), and rank 0 assembles the npz, grid and
@@ -28,6 +29,7 @@ from gdm.config import SampleConfig
 from gdm.data.dataset import to_uint8
 from gdm.diffusion import (
     build_schedule,
+    classifier_free_guidance,
     classifier_guidance,
     ddim_sample,
     ddpm_sample,
@@ -76,25 +78,39 @@ def check_same_schedule(unet_cfg: dict, clf_diffusion: dict, unet_path: Path, cl
 
 def output_name(sc: SampleConfig, scale: float) -> str:
     eta = f"-eta{sc.eta:g}" if sc.sampler == "ddim" and sc.eta else ""
-    return f"{sc.sampler}-{sc.respacing}{eta}-scale{scale:g}"
+    free = "-free" if sc.guidance == "free" else ""
+    return f"{sc.sampler}-{sc.respacing}{eta}{free}-scale{scale:g}"
+
+
+def check_free_guidance(model, unet_path: Path) -> None:
+    """Classifier-free guidance needs the learned null label, i.e. training with unet.class_dropout > 0."""
+    if getattr(model, "null_label", None) is None:
+        what = "is unconditional" if model.num_classes is None else "was trained without class dropout"
+        raise ConfigError(
+            f"sample.guidance 'free': the UNet {unet_path} {what} (unet.class_dropout = 0), so it has no null "
+            "label to guide with. Train it with unet.class_dropout > 0 (e.g. 0.1), or use sample.guidance: classifier"
+        )
 
 
 def sample(unet_path: str | Path, out_dir: str | Path, sc: SampleConfig, scale: float = 0.0, *,
            classifier_path: str | Path | None = None, progress: Bar = SILENT) -> SampleRun:
     """Generate `sc.num_samples` samples at guidance `scale`; returns the paths written."""
     unet_path, out_dir = Path(unet_path), Path(out_dir)
-    if scale > 0 and classifier_path is None:
+    free = sc.guidance == "free"
+    if scale > 0 and classifier_path is None and not free:
         raise ConfigError(f"guidance scale {scale:g} needs a classifier checkpoint (--classifier)")
     world = distributed.init(sc.device)
     progress = progress if world.is_main else SILENT
     device = world.device(sc.device)
     model, ckpt = load_model(unet_path, use_ema=sc.use_ema, kind="unet", device=device)
+    if free:
+        check_free_guidance(model, unet_path)
     cfg = ckpt.get("config", {})
     if "diffusion" not in cfg or "num_classes" not in ckpt.get("data", {}):
         raise CheckpointError(f"{unet_path}: the checkpoint does not record its diffusion schedule and data "
                               "(config.diffusion, data.num_classes); it cannot be sampled")
     classifier = None
-    if classifier_path is not None and scale > 0:
+    if classifier_path is not None and scale > 0 and not free:
         classifier, cck = load_model(classifier_path, kind="classifier", device=device)
         check_same_schedule(cfg, cck["diffusion"], unet_path, Path(classifier_path))
     schedule = build_schedule(cfg["diffusion"]["noise_schedule"], cfg["diffusion"]["diffusion_steps"], sc.respacing)
@@ -179,6 +195,8 @@ def _sample_batch(model, classifier, schedule, sc: SampleConfig, scale: float, i
     def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return model(x_t, t, y if conditional else None)
 
+    if sc.guidance == "free":  # classifier-free: the model function itself is guided
+        model_fn = classifier_free_guidance(lambda x_t, t, labels: model(x_t, t, labels), y, model.null_label, scale)
     cond_fn = None
     if classifier is not None:
         if (y < 0).any():
@@ -205,8 +223,9 @@ def _assemble(out_dir: Path, name: str, chunk_dir: Path, n_chunks: int, sc: Samp
     labels = np.concatenate(w.labels)
     meta: dict[str, Any] = {
         "sampler": sc.sampler, "respacing": sc.respacing, "steps": _num_steps(cfg, sc), "eta": sc.eta,
-        "scale": scale, "num_samples": w.count, "seed": sc.seed, "labels": sc.labels,
-        "unet": str(unet_path), "classifier": str(classifier_path) if classifier_path and scale > 0 else None,
+        "scale": scale, "guidance": sc.guidance, "num_samples": w.count, "seed": sc.seed, "labels": sc.labels,
+        "unet": str(unet_path),
+        "classifier": str(classifier_path) if classifier_path and scale > 0 and sc.guidance == "classifier" else None,
         "sample_config": sc.model_dump(mode="json"), "config": cfg, **extra,
     }
     write_json(out_dir / f"{name}.json", meta)

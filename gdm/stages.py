@@ -214,27 +214,28 @@ def sample(cfg: Config, variant: str, scale: float, *, unet: Path | None = None,
            out: Path | None = None, progress: bool = True, parent_run_id: str | None = None):
     """Stage `sample@<variant>-<sampler>-<scale>`: samples of one variant at one guidance scale."""
     from gdm import distributed, launch
-    from gdm.pipeline import sample_dir, scale_tag
+    from gdm.pipeline import sample_dir, sample_stage_prefix, scale_tag
     from gdm.sampling import SampleRun
     from gdm.sampling import sample as run_sampling
 
     unet = Path(unet) if unet else unet_path(cfg, variant)
-    if classifier is None and scale > 0:
+    kind = cfg.sample.guidance
+    if classifier is None and scale > 0 and kind == "classifier":
         classifier = classifier_path(cfg)
-    out = Path(out) if out else Path(sample_dir(cfg, variant, cfg.sample.sampler, scale))
-    if launch.wanted(cfg.sample.nproc):
+    out = Path(out) if out else Path(sample_dir(cfg, variant, cfg.sample.sampler, scale, kind))
+    if launch.wanted(cfg.sample.nproc):  # the resolved config (sample.guidance included) travels as the params file
         args = ["--variant", variant, "--scale", repr(float(scale)), "--unet", str(unet), "--out", str(out)]
         args += ["--classifier", str(classifier)] * (classifier is not None) + ["--quiet"] * (not progress)
         r = launch.run_stage(cfg, "sample", args, nproc=cfg.sample.nproc, device=cfg.sample.device,
                              parent_run_id=parent_run_id)
         return SampleRun(Path(r["npz"]), Path(r["grid"]), Path(r["meta"]))
     world = distributed.init(cfg.sample.device)
-    name = f"sample@{variant}-{cfg.sample.sampler}-{scale_tag(scale)}"
+    name = f"{sample_stage_prefix(kind)}@{variant}-{cfg.sample.sampler}-{scale_tag(scale)}"
     with tracked(cfg, "sample", name, parent_run_id) as run:
         run.log_params({f"sample.{k}": v for k, v in cfg.sample.model_dump(mode="json").items()})
         run.log_params({"sample.scale": scale, "gdm.variant": variant})
-        run.set_tags(variant_tags(cfg, variant))
-        with progress_bar(f"sample {variant} scale {scale:g}", cfg.sample.num_samples,
+        run.set_tags({**variant_tags(cfg, variant), "gdm.guidance": kind})
+        with progress_bar(f"sample {variant} {kind} scale {scale:g}", cfg.sample.num_samples,
                           enabled=progress and world.is_main) as bar:
             result = run_sampling(unet, out, cfg.sample, scale, classifier_path=classifier, progress=bar)
         if world.is_main:
@@ -294,12 +295,13 @@ def guidance_kind(meta: dict[str, Any], scale: float) -> str:
     return str(meta.get("guidance") or ("classifier" if scale > 0 else "none"))
 
 
-def run_label(variant: str, sampler: str, respacing: str, scale: float) -> str:
-    """`cond/ddim25/scale2.0`: the evaluate run's name, unique per scored result."""
+def run_label(variant: str, sampler: str, respacing: str, scale: float, guidance: str = "classifier") -> str:
+    """`cond/ddim25/scale2.0`: the evaluate run's name, unique per scored result (classifier-free guidance:
+    `cfg/ddim25/free2.0`)."""
     from gdm.pipeline import scale_tag
 
     steps = respacing if str(respacing).startswith(sampler) else f"{sampler}{respacing}"
-    return f"{variant}/{steps}/scale{scale_tag(scale)}"
+    return f"{variant}/{steps}/{'free' if guidance == 'free' else 'scale'}{scale_tag(scale)}"
 
 
 def evaluation_params(cfg: Config, variant: str | None, meta: dict[str, Any]) -> dict[str, Any]:
@@ -353,7 +355,8 @@ def evaluate(cfg: Config, samples: Path, *, reference: Path | None = None, out: 
         meta.setdefault("scale", float(scale))
     scale = float(meta.get("scale", 0.0))
     params = evaluation_params(cfg, variant, meta)
-    name = run_label(variant or "unknown", params["sample.sampler"] or "?", params["sample.respacing"] or "?", scale)
+    name = run_label(variant or "unknown", params["sample.sampler"] or "?", params["sample.respacing"] or "?", scale,
+                     params["sample.guidance"])
     with tracked(cfg, "evaluate", name, parent_run_id) as run:
         metrics = evaluate_file(cfg, samples, reference, evaluator=evaluator, require_accuracy=require_accuracy)
         run.log_params(params)

@@ -40,7 +40,7 @@ def tiny_params() -> dict:
     p["evaluator"]["steps"] = 30
     p["sample"].update(num_samples=8, batch_size=8, chunk_size=8, respacing="5", scales=list(SCALES),
                        device="cpu")
-    p["pipeline"].update(models={"cond": {}}, samplers=["ddim"], baseline="base",
+    p["pipeline"].update(models={"cond": {}}, samplers=["ddim"], baseline="base", free_guidance=[],
                          ablations={"base": {}, "biggan": {"unet.resblock_updown": True}})
     p["tracking"]["enabled"] = False  # switched on for one forced stage at the end
     return p

@@ -26,16 +26,17 @@ def report(params: ParamsOpt = "params.yaml", set_: SetOpt = None,
     Console().print("written: " + "  ".join(str(p) for p in written.values()))
 
 
-SUMMARY_COLUMNS = ("variant", "sampler", "steps", "scale", "fid", "sfid", "is", "precision", "recall", "accuracy")
+SUMMARY_COLUMNS = ("variant", "sampler", "steps", "guidance", "scale", "fid", "sfid", "is", "precision", "recall",
+                   "accuracy")
 ABLATION_COLUMNS = ("variant", "num_parameters", "train_images_per_s", "sample_seconds_per_image", "fid", "delta_fid",
                     "precision", "recall", "accuracy")
 
 
 def print_rows(rows: list[dict], ablations: bool = False) -> None:
     cols = ABLATION_COLUMNS if ablations else SUMMARY_COLUMNS
-    t = Table(title="architecture ablations" if ablations else "guidance sweep (per variant, sampler, scale)")
+    t = Table(title="architecture ablations" if ablations else "guidance sweep (per variant, sampler, guidance, scale)")
     for c in cols:
-        t.add_column(c, justify="left" if c in ("variant", "sampler") else "right")
+        t.add_column(c, justify="left" if c in ("variant", "sampler", "guidance") else "right")
     for r in rows:
         t.add_row(*[("-" if r.get(c) is None else f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]))
                     for c in cols])

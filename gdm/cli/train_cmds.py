@@ -93,11 +93,14 @@ def sample(
     batch_size: int | None = typer.Option(None, "--batch-size", "-b"),
     seed: int | None = typer.Option(None),
     labels: str | None = typer.Option(None, help="random | balanced | a class index."),
+    guidance: str | None = typer.Option(
+        None, help="classifier (ADM, needs --classifier for scales > 0) | free (classifier-free: a UNet trained "
+                   "with unet.class_dropout > 0). Default sample.guidance."),
     out: Path | None = OutOpt,
     nproc: int | None = NprocOpt,
     quiet: QuietOpt = False,
 ) -> None:
-    """Sample a UNet (EMA weights), optionally classifier-guided, into ADM .npz + labelled PNG grid.
+    """Sample a UNet (EMA weights), optionally guided (classifier or classifier-free), into ADM .npz + labelled PNG grid.
 
     Resumable: rerunning after an interruption generates only the missing chunks (under any number of
     processes: chunks are split over torchrun ranks and the npz is the same).
@@ -106,7 +109,7 @@ def sample(
 
     overrides = _nproc(set_, "sample", nproc)
     for key, value in (("sampler", sampler), ("respacing", respacing), ("eta", eta), ("num_samples", num_samples),
-                       ("batch_size", batch_size), ("seed", seed), ("labels", labels)):
+                       ("batch_size", batch_size), ("seed", seed), ("labels", labels), ("guidance", guidance)):
         if value is not None:
             overrides.append(f"sample.{key}={value}")
     if scale:

@@ -135,6 +135,7 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
         gens = position_generators(tc.seed, step, pos)
         t, weights = ts_sampler.sample_each(gens)
         noise = position_noise(gens, tuple(x0.shape[1:]))
+        y = drop_labels(y, cfg.unet.class_dropout, cfg.unet.num_classes, gens)  # after each position's noise
         torch.manual_seed(dropout_seed(tc.seed, step, world.rank))
         set_lr(opt, lr_at(step, tc.lr, tc.lr_schedule, tc.steps, tc.warmup_steps))
         opt.zero_grad(set_to_none=True)
@@ -202,6 +203,15 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
         log.write()
     world.barrier()  # every rank returns once the model is written
     return {"model": str(final), "steps": tc.steps, "resumed_from": start, **log.last(), **log.extra}
+
+
+def drop_labels(y: torch.Tensor, p: float, null_label: int | None, gens: list[torch.Generator]) -> torch.Tensor:
+    """Class dropout for classifier-free guidance: label j becomes `null_label` with probability p, drawn
+    from position j's generator (so any rank / micro-batch split drops the same labels)."""
+    if p <= 0 or null_label is None:
+        return y
+    drop = torch.stack([torch.rand((), generator=g) for g in gens]) < p
+    return torch.where(drop, torch.full_like(y, null_label), y)
 
 
 def _finite(v: float) -> bool:
