@@ -10,6 +10,9 @@ expresses the same graph with `foreach`/`matrix`; a test checks that the two agr
             -> train-evaluator ----------------------------------------------------------/
     classifier-free guidance (models in pipeline.free_guidance, no classifier):
             train@<model> -> sample-free@<model>-<sampler>-<scale> -> evaluate-free@... -> report
+    upsampling (ADM-U, Table 5; models in pipeline.upsampling_models):
+            train-low@<model>, train-classifier-low, train-upsampler -> sample-up@<model>-<sampler>-<scale>
+            -> evaluate-up@... -> upsampling-report (with the direct models' evaluate@... rows)
     ablations: train@<ablation> -> sample-ablation@<ablation> -> evaluate-ablation@<ablation> -> ablation-report
 """
 
@@ -24,7 +27,8 @@ from gdm.config import Config
 @dataclass(frozen=True)
 class Stage:
     name: str  # DVC's name for the (expanded) stage
-    kind: str  # prepare | train | train-classifier | train-evaluator | sample | evaluate | report | ablation-report
+    kind: str  # prepare | train | train-classifier | train-evaluator | train-upsampler | sample | sample-up | evaluate
+    #            | report | upsampling-report | ablation-report
     args: dict = field(default_factory=dict)  # what the stage function needs: variant, sampler, scale
     cmd: str = ""
     deps: tuple[str, ...] = ()
@@ -65,6 +69,18 @@ def sample_stage_prefix(guidance: str) -> str:
 
 def sample_dir(cfg: Config, variant: str, sampler: str, scale: float, guidance: str = "classifier") -> str:
     return f"{cfg.pipeline.runs_dir}/{variant}/samples/{sampler}-{_kind_tag(guidance)}{scale_tag(scale)}"
+
+
+def sample_up_dir(cfg: Config, variant: str, sampler: str, scale: float) -> str:
+    return f"{cfg.pipeline.runs_dir}/{variant}/samples-up/{sampler}-{scale_tag(scale)}"
+
+
+def eval_up_dir(cfg: Config) -> str:
+    return f"{cfg.pipeline.runs_dir}/eval-up"
+
+
+def eval_up_file(cfg: Config, variant: str, sampler: str, scale: float) -> str:
+    return f"{eval_up_dir(cfg)}/{variant}-{sampler}-{scale_tag(scale)}.json"
 
 
 def eval_dir(cfg: Config, ablation: bool = False) -> str:
@@ -132,8 +148,67 @@ def _sample_eval(cfg: Config, variant: str, sampler: str, scale: float, ablation
     return [sample, evaluate]
 
 
-def stage_graph(cfg: Config, *, ablations: bool = True) -> list[Stage]:
-    """All stages in a valid execution order (upstream first)."""
+# The low resolution of the upsampling study depends on these keys (beside the trained sections).
+LOW_RES_PARAMS = ("upsampler.low_resolution", "upsampler_train.resolution", "pipeline.low_res_overrides")
+UPSAMPLE_PARAMS = ("sample.upsample_sampler", "sample.upsample_respacing")
+
+
+def _upsampling(cfg: Config, direct_evals: list[Stage]) -> list[Stage]:
+    """ADM-U (Table 5): low-res base models + low-res classifier + upsampler, two-stage samples, report."""
+    p, runs = paths(cfg), cfg.pipeline.runs_dir
+    up, clf = f"{runs}/upsampler", f"{runs}/classifier-low"
+    stages = [
+        Stage("train-upsampler", "train-upsampler", cmd="gdm train-upsampler --quiet --restart-on-mismatch",
+              deps=(p["data"],), params=("upsampler", "upsampler_train", "diffusion"),
+              outs=(f"{up}/model.pt", f"{up}/checkpoints"), metrics=(f"{up}/metrics.json",),
+              plots=(f"{up}/metrics.csv",), upstream=("prepare",)),
+        Stage("train-classifier-low", "train-classifier", {"low_res": True},
+              cmd="gdm train-classifier --quiet --restart-on-mismatch --low-res", deps=(p["data"],),
+              params=("classifier", "classifier_train", "diffusion") + LOW_RES_PARAMS,
+              outs=(f"{clf}/classifier.pt", f"{clf}/checkpoints"), metrics=(f"{clf}/metrics.json",),
+              plots=(f"{clf}/metrics.csv",), upstream=("prepare",)),
+    ]
+    evals = []
+    for v in cfg.pipeline.upsampling_models:
+        low = f"{runs}/{v}/unet-low"
+        stages.append(Stage(
+            f"train-low@{v}", "train", {"variant": v, "low_res": True},
+            cmd=f"gdm train --quiet --restart-on-mismatch --variant {v} --low-res", deps=(p["data"],),
+            params=("unet", "diffusion", "train", f"pipeline.models.{v}") + LOW_RES_PARAMS,
+            outs=(f"{low}/model.pt", f"{low}/checkpoints"), metrics=(f"{low}/metrics.json",),
+            plots=(f"{low}/metrics.csv",), upstream=("prepare",),
+        ))
+        for s in cfg.pipeline.samplers:
+            for c in cfg.sample.scales:
+                tag, sdir, efile = f"{v}-{s}-{scale_tag(c)}", sample_up_dir(cfg, v, s, c), eval_up_file(cfg, v, s, c)
+                args = {"variant": v, "sampler": s, "scale": float(c), "upsampled": True}
+                stages.append(Stage(
+                    f"sample-up@{tag}", "sample-up", args,
+                    cmd=f"gdm sample --quiet --variant {v} --sampler {s} --scale {scale_tag(c)} "
+                        f"--upsample {up}/model.pt --out {sdir}",
+                    deps=(f"{low}/model.pt", f"{clf}/classifier.pt", f"{up}/model.pt"),
+                    params=SAMPLE_PARAMS + UPSAMPLE_PARAMS, outs=(sdir,),
+                    upstream=(f"train-low@{v}", "train-classifier-low", "train-upsampler"),
+                ))
+                evals.append(Stage(
+                    f"evaluate-up@{tag}", "evaluate", args, cmd=f"gdm evaluate --samples {sdir} --out {efile}",
+                    deps=(sdir, f"{p['evaluator']}/evaluator.pt", p["data"]), params=("eval",),
+                    metrics=(efile,), upstream=(f"sample-up@{tag}", "train-evaluator"),
+                ))
+                stages.append(evals[-1])
+    stages.append(Stage(
+        "upsampling-report", "upsampling-report", cmd="gdm report --upsampling --quiet",
+        deps=(eval_dir(cfg), eval_up_dir(cfg)),
+        params=("pipeline.upsampling_models", "pipeline.samplers", "sample.scales"),
+        metrics=(f"{p['reports']}/upsampling.json",),
+        upstream=tuple(e.name for e in direct_evals + evals),
+    ))
+    return stages
+
+
+def stage_graph(cfg: Config, *, ablations: bool = True, upsampling: bool = True) -> list[Stage]:
+    """All stages in a valid execution order (upstream first). `upsampling`/`ablations`: include the
+    upsampling study (ADM-U) / the architecture ablations (dvc.yaml always has both)."""
     p = paths(cfg)
     pc = cfg.pipeline
     stages = [
@@ -169,6 +244,8 @@ def stage_graph(cfg: Config, *, ablations: bool = True) -> list[Stage]:
                f"{p['reports']}/losses.png", f"{p['reports']}/losses.csv"),
         upstream=tuple(e.name for e in evals),
     ))
+    if upsampling:
+        stages += _upsampling(cfg, evals)
     if ablations and pc.ablations:
         abl_evals = []
         for a in pc.ablations:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,12 +119,37 @@ def sample(unet_path: str | Path, out_dir: str | Path, sc: SampleConfig, scale: 
     shape = (model.in_channels, model.image_size, model.image_size)
     name = output_name(sc, scale)
     chunk_dir = out_dir / f".{name}.chunks"
+    key = {"unet": sha256_file(unet_path), "scale": scale,
+           "classifier": sha256_file(classifier_path) if classifier is not None else None,
+           **sc.model_dump(mode="json", exclude={"batch_size", "device", "nproc"})}
+
+    def make_batch(indices: np.ndarray, labels: np.ndarray) -> torch.Tensor:
+        y = torch.from_numpy(labels).to(device)
+        return _sample_batch(model, classifier, schedule, sc, scale, indices, y, shape, device)
+
+    n_chunks, extra = generate_chunks(chunk_dir, key, sc, lambda idx: requested_labels(sc.labels, idx, num_classes,
+                                                                                      sc.seed),
+                                      make_batch, world, progress)
+    world.on_main(lambda: _assemble(out_dir, name, chunk_dir, n_chunks, sc, scale, unet_path, classifier_path,
+                                    cfg, extra), "assembling the samples")
+    return SampleRun(out_dir / f"{name}.npz", out_dir / f"{name}.png", out_dir / f"{name}.json")
+
+
+def generate_chunks(chunk_dir: Path, key: dict[str, Any], sc: SampleConfig,
+                    labels_of: Callable[[np.ndarray], np.ndarray],
+                    make_batch: Callable[[np.ndarray, np.ndarray], torch.Tensor],
+                    world, progress: Bar = SILENT) -> tuple[int, dict[str, Any]]:
+    """Generate the missing chunks of samples 0..sc.num_samples-1 into `chunk_dir`: one atomic npz per
+    `sc.chunk_size` samples, made in batches of `sc.batch_size`, dealt out over the ranks of `world`.
+    Returns (number of chunks, timing / world_size / chunks_reused for the sample JSON).
+
+    labels_of(indices) -> the labels of those samples; make_batch(indices, labels) -> images in [-1, 1].
+    Chunks left by an interrupted run with the same `key` are kept; another key starts afresh.
+    """
     n_chunks = (sc.num_samples + sc.chunk_size - 1) // sc.chunk_size
 
     def claim() -> list[int]:
-        _claim_chunks(chunk_dir, {"unet": sha256_file(unet_path), "scale": scale,
-                                  "classifier": sha256_file(classifier_path) if classifier is not None else None,
-                                  **sc.model_dump(mode="json", exclude={"batch_size", "device", "nproc"})})
+        _claim_chunks(chunk_dir, key)
         return [c for c in range(n_chunks) if not (chunk_dir / f"{c:05d}.npz").exists()]
 
     missing = world.on_main(claim, "the chunk check")
@@ -133,21 +159,26 @@ def sample(unet_path: str | Path, out_dir: str | Path, sc: SampleConfig, scale: 
     for c in missing[world.rank :: world.size]:  # dealt out over the ranks
         lo = c * sc.chunk_size
         idx = np.arange(lo, lo + _chunk_len(sc, c))
-        images, labels = [], requested_labels(sc.labels, idx, num_classes, sc.seed)
+        images, labels = [], labels_of(idx)
         for b in range(0, len(idx), sc.batch_size):
             bi = idx[b : b + sc.batch_size]
-            y = torch.from_numpy(labels[b : b + sc.batch_size]).to(device)
-            x = _sample_batch(model, classifier, schedule, sc, scale, bi, y, shape, device)
-            images.append(to_uint8(x))
+            images.append(to_uint8(make_batch(bi, labels[b : b + sc.batch_size])))
             generated += len(bi)
             progress.advance(len(bi) * world.size)  # rank 0's bar: its share, scaled to the job
         write_samples(chunk_dir / f"{c:05d}.npz", np.concatenate(images), labels)
     generated = int(world.all_reduce_sum(torch.tensor([generated], dtype=torch.float64)).item())
     timing = {"seconds_per_image": (time.perf_counter() - t0) / generated} if generated else {}
-    extra = {**timing, "world_size": world.size, "chunks_reused": reused}
-    world.on_main(lambda: _assemble(out_dir, name, chunk_dir, n_chunks, sc, scale, unet_path, classifier_path,
-                                    cfg, extra), "assembling the samples")
-    return SampleRun(out_dir / f"{name}.npz", out_dir / f"{name}.png", out_dir / f"{name}.json")
+    return n_chunks, {**timing, "world_size": world.size, "chunks_reused": reused}
+
+
+def assemble_chunks(chunk_dir: Path, n_chunks: int, npz: Path, num_samples: int) -> np.ndarray:
+    """Chunks -> one npz, streamed (one chunk in memory at a time); returns the labels."""
+    chunks = [chunk_dir / f"{c:05d}.npz" for c in range(n_chunks)]
+    first, _ = read_samples(chunks[0])
+    with sample_writer(npz, num_samples, first.shape[1:]) as w:
+        for path in chunks:
+            w.append(*read_samples(path))
+    return np.concatenate(w.labels)
 
 
 def sample_images(unet_path: str | Path, sc: SampleConfig, indices: np.ndarray, labels: np.ndarray | None = None,
@@ -189,11 +220,13 @@ def _chunk_len(sc: SampleConfig, c: int) -> int:
 
 
 def _sample_batch(model, classifier, schedule, sc: SampleConfig, scale: float, indices: np.ndarray,
-                  y: torch.Tensor, shape: tuple, device) -> torch.Tensor:
+                  y: torch.Tensor, shape: tuple, device, model_kwargs: dict | None = None) -> torch.Tensor:
+    """`model_kwargs`: extra per-sample network inputs (the upsampler's `low_res`), fixed over the steps."""
     conditional = model.num_classes is not None
+    extra = model_kwargs or {}
 
     def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return model(x_t, t, y if conditional else None)
+        return model(x_t, t, y=y if conditional else None, **extra)
 
     if sc.guidance == "free":  # classifier-free: the model function itself is guided
         model_fn = classifier_free_guidance(lambda x_t, t, labels: model(x_t, t, labels), y, model.null_label, scale)
@@ -213,17 +246,12 @@ def _sample_batch(model, classifier, schedule, sc: SampleConfig, scale: float, i
 
 def _assemble(out_dir: Path, name: str, chunk_dir: Path, n_chunks: int, sc: SampleConfig, scale: float,
               unet_path: Path, classifier_path, cfg: dict, extra: dict) -> None:
-    """Chunks -> one npz, streamed (one chunk in memory at a time), then the JSON and the grid."""
-    chunks = [chunk_dir / f"{c:05d}.npz" for c in range(n_chunks)]
-    first, _ = read_samples(chunks[0])
+    """Chunks -> one npz (streamed), then the JSON and the grid."""
     npz = out_dir / f"{name}.npz"
-    with sample_writer(npz, sc.num_samples, first.shape[1:]) as w:
-        for path in chunks:
-            w.append(*read_samples(path))
-    labels = np.concatenate(w.labels)
+    labels = assemble_chunks(chunk_dir, n_chunks, npz, sc.num_samples)
     meta: dict[str, Any] = {
         "sampler": sc.sampler, "respacing": sc.respacing, "steps": _num_steps(cfg, sc), "eta": sc.eta,
-        "scale": scale, "guidance": sc.guidance, "num_samples": w.count, "seed": sc.seed, "labels": sc.labels,
+        "scale": scale, "guidance": sc.guidance, "num_samples": len(labels), "seed": sc.seed, "labels": sc.labels,
         "unet": str(unet_path),
         "classifier": str(classifier_path) if classifier_path and scale > 0 and sc.guidance == "classifier" else None,
         "sample_config": sc.model_dump(mode="json"), "config": cfg, **extra,

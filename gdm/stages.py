@@ -65,8 +65,12 @@ def runs(cfg: Config) -> Path:
     return Path(cfg.pipeline.runs_dir)
 
 
-def unet_dir(cfg: Config, variant: str) -> Path:
-    return runs(cfg) / variant / "unet"
+def unet_dir(cfg: Config, variant: str, low_res: bool = False) -> Path:
+    return runs(cfg) / variant / ("unet-low" if low_res else "unet")
+
+
+def classifier_dir(cfg: Config, low_res: bool = False) -> Path:
+    return runs(cfg) / ("classifier-low" if low_res else "classifier")
 
 
 def prepare(cfg: Config, progress: bool = True) -> Path:
@@ -131,34 +135,37 @@ def variant_tags(cfg: Config, variant: str) -> dict[str, str]:
 
 def train(cfg: Config, variant: str, *, out: Path | None = None, resume: bool = True, progress: bool = True,
           restart_on_mismatch: bool = False, on_log: OnLog | None = None,
-          parent_run_id: str | None = None, move_aliases: bool = False) -> dict[str, Any]:
+          parent_run_id: str | None = None, move_aliases: bool = False, low_res: bool = False) -> dict[str, Any]:
     """Stage `train@<variant>`: the diffusion UNet of one variant. The run logs an MLflow pyfunc model
     (`mlflow.pyfunc.load_model(...)` samples images); a pipeline run (`move_aliases`) registers it as a
     version of `gdm-unet-<variant>` and points `tracking.aliases` at it. With `train.nproc` > 1 the
-    stage re-launches itself through torchrun (gdm.launch)."""
+    stage re-launches itself through torchrun (gdm.launch). With `low_res`: stage `train-low@<variant>`,
+    the same model at the upsampler's low resolution (the base of the upsampling study), registered as
+    `gdm-unet-<variant>-low`."""
     from gdm import distributed, launch
     from gdm.train.diffusion import train_diffusion
 
-    vcfg = variant_config(cfg, variant)
-    out = Path(out) if out else unet_dir(cfg, variant)
+    vcfg = cfg.low_res(variant) if low_res else variant_config(cfg, variant)
+    stage, suffix = ("train-low", "-low") if low_res else ("train", "")
+    out = Path(out) if out else unet_dir(cfg, variant, low_res)
     if launch.wanted(vcfg.train.nproc):
         args = ["--variant", variant, "--out", str(out), "--resume" if resume else "--no-resume"]
         args += ["--restart-on-mismatch"] * restart_on_mismatch + ["--quiet"] * (not progress)
-        args += ["--register"] * move_aliases
+        args += ["--register"] * move_aliases + ["--low-res"] * low_res
         return launch.run_stage(cfg, "train", args, nproc=vcfg.train.nproc, device=vcfg.train.device,
                                 parent_run_id=parent_run_id)
     world = distributed.init(vcfg.train.device)
     cfg_file = write_config(vcfg, out) if world.is_main else out / "config.yaml"
-    with tracked(vcfg, "train", f"train@{variant}", parent_run_id, system_metrics=True) as run:
+    with tracked(vcfg, stage, f"{stage}@{variant}", parent_run_id, system_metrics=True) as run:
         run.log_params(vcfg.flat())
         run.set_tags(variant_tags(cfg, variant))
-        with progress_bar(f"train {variant}", vcfg.train.steps, enabled=progress and world.is_main) as bar:
+        with progress_bar(f"{stage} {variant}", vcfg.train.steps, enabled=progress and world.is_main) as bar:
             result = train_diffusion(vcfg, dataset_dir(cfg), out, resume=resume, progress=bar,
                                      restart_on_mismatch=restart_on_mismatch, on_log=_log_rows(run, on_log))
         for f in (cfg_file, out / "metrics.csv"):
             run.log_artifact(f, "files")
         run.log_sampler_model(Path(result["model"]), "model", vcfg.sample)
-        result["model_version"] = _register(vcfg, run, f"{cfg.tracking.unet_model_name}-{variant}", "model",
+        result["model_version"] = _register(vcfg, run, f"{cfg.tracking.unet_model_name}-{variant}{suffix}", "model",
                                             move_aliases)
         result["mlflow_run_id"] = run.id
     launch.report(result)
@@ -167,44 +174,49 @@ def train(cfg: Config, variant: str, *, out: Path | None = None, resume: bool = 
 
 def train_classifier(cfg: Config, *, out: Path | None = None, resume: bool = True, progress: bool = True,
                      restart_on_mismatch: bool = False, on_log: OnLog | None = None,
-                     parent_run_id: str | None = None, move_aliases: bool = False) -> dict[str, Any]:
-    """Stage `train-classifier`: the noisy classifier used for guidance."""
+                     parent_run_id: str | None = None, move_aliases: bool = False,
+                     low_res: bool = False) -> dict[str, Any]:
+    """Stage `train-classifier`: the noisy classifier used for guidance (`train-classifier-low` with
+    `low_res`: at the upsampler's low resolution, to guide the low-resolution base models)."""
     from gdm import distributed, launch
     from gdm.train.classifier import train_classifier as run_training
 
-    out = Path(out) if out else runs(cfg) / "classifier"
+    name = "train-classifier-low" if low_res else "train-classifier"
+    model_name = cfg.tracking.classifier_model_name + ("-low" if low_res else "")
+    out = Path(out) if out else classifier_dir(cfg, low_res)
     tc = cfg.classifier_train
     if launch.wanted(tc.nproc):
         args = ["--out", str(out), "--resume" if resume else "--no-resume"]
         args += ["--restart-on-mismatch"] * restart_on_mismatch + ["--quiet"] * (not progress)
-        args += ["--register"] * move_aliases
+        args += ["--register"] * move_aliases + ["--low-res"] * low_res
         return launch.run_stage(cfg, "train-classifier", args, nproc=tc.nproc, device=tc.device,
                                 parent_run_id=parent_run_id)
+    cfg = cfg.low_res(None) if low_res else cfg
     world = distributed.init(tc.device)
     cfg_file = write_config(cfg, out) if world.is_main else out / "config.yaml"
-    with tracked(cfg, "train-classifier", "train-classifier", parent_run_id, system_metrics=True) as run:
+    with tracked(cfg, name, name, parent_run_id, system_metrics=True) as run:
         run.log_params(cfg.flat())
-        with progress_bar("train-classifier", tc.steps, enabled=progress and world.is_main) as bar:
+        with progress_bar(name, tc.steps, enabled=progress and world.is_main) as bar:
             result = run_training(cfg, dataset_dir(cfg), out, resume=resume, progress=bar,
                                   restart_on_mismatch=restart_on_mismatch, on_log=_log_rows(run, on_log))
         for f in (Path(result["model"]), cfg_file, out / "metrics.csv"):
             run.log_artifact(f, "model")
-        result["model_version"] = _register(cfg, run, cfg.tracking.classifier_model_name, "model", move_aliases)
+        result["model_version"] = _register(cfg, run, model_name, "model", move_aliases)
         result["mlflow_run_id"] = run.id
     launch.report(result)
     return result
 
 
-def classifier_path(cfg: Config) -> Path:
+def classifier_path(cfg: Config, low_res: bool = False) -> Path:
     from gdm.train.classifier import MODEL_FILE
 
-    return runs(cfg) / "classifier" / MODEL_FILE
+    return classifier_dir(cfg, low_res) / MODEL_FILE
 
 
-def unet_path(cfg: Config, variant: str) -> Path:
+def unet_path(cfg: Config, variant: str, low_res: bool = False) -> Path:
     from gdm.train.diffusion import MODEL_FILE
 
-    return unet_dir(cfg, variant) / MODEL_FILE
+    return unet_dir(cfg, variant, low_res) / MODEL_FILE
 
 
 SMALL_NPZ = 8 << 20  # sample files up to this size are logged to MLflow as artifacts
