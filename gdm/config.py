@@ -415,6 +415,11 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
+        for train in ("train", "classifier_train", "upsampler_train"):
+            r = getattr(self, train).resolution
+            if r is not None and r > self.data.resolution:
+                raise ValueError(f"{train}.resolution {r} is above data.resolution {self.data.resolution}: "
+                                 "training only downsamples the prepared images (prepare them larger)")
         for section, train in (("unet", "train"), ("classifier", "classifier_train"),
                                ("upsampler", "upsampler_train")):
             net = getattr(self, section)
@@ -422,11 +427,6 @@ class Config(_Section):
             where = f"{train}.resolution" if getattr(self, train).resolution else "data.resolution"
             _check_attention(section, net.attention_resolutions, res, len(net.channel_mult), where)
             _check_widths(section, net)
-        for train in ("train", "classifier_train", "upsampler_train"):
-            r = getattr(self, train).resolution
-            if r is not None and r > self.data.resolution:
-                raise ValueError(f"{train}.resolution {r} is above data.resolution {self.data.resolution}: "
-                                 "training only downsamples the prepared images (prepare them larger)")
         low = self.upsampler.low_resolution
         if low is not None and low >= self.resolution("upsampler_train"):
             raise ValueError(

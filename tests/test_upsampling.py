@@ -109,3 +109,30 @@ def test_upsample_config_uses_its_own_sampler_and_respacing(models):
                                        "guidance": "free"})
     up = upsample_config(sc)
     assert (up.sampler, up.respacing, up.guidance) == ("ddpm", "5", "classifier")
+
+
+def test_cli_two_stage_sampling_and_refusals(models, tmp_path, capsys):
+    import yaml
+
+    from gdm.cli import main
+
+    cfg, _d, base, direct, up = models
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(cfg.to_dict()))
+
+    def run(*argv):
+        try:
+            main(["sample", "--params", str(params), "--quiet", *argv])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    code, out, err = run("--unet", str(base), "--upsample", str(up), "--out", str(tmp_path / "s"))
+    assert code == 0, err
+    assert "low-res stage" in out and len(list((tmp_path / "s" / "low").glob("*.npz"))) == 1
+    code, _out, err = run("--unet", str(direct), "--upsample", str(up), "--out", str(tmp_path / "t"))
+    assert code == 2 and "upsamples 4x4x1" in err and "Traceback" not in err
+    code, _out, err = run("--unet", str(direct), "--guidance", "free", "--scale", "1.0", "--out", str(tmp_path / "f"))
+    assert code == 2 and "trained without class dropout" in err
