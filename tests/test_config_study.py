@@ -27,8 +27,8 @@ def test_repo_params_sweep_a_class_dropout_model():
     (["upsampler.low_resolution=8"], r"upsampler.low_resolution 8 must be below the resolution it upsamples to, 8"),
     (["pipeline.upsampling_models=[nope]"], r"pipeline.upsampling_models: \['nope'\] are not in pipeline.models"),
     (["upsampler.low_resolution=2"],
-     r"model 'cond' at upsampler.low_resolution 2 .*\n.*unet.attention_resolutions: 4 is not reachable from "
-     r"train.resolution 2"),
+     (r"model 'cond' at upsampler.low_resolution 2 .*\n.*unet.attention_resolutions: 4 is not reachable from "
+      r"train.resolution 2")),
     (["pipeline.low_res_overrides={unet.nope: 1}"], r"unknown key 'unet.nope'"),
 ])
 def test_bad_guidance_config_is_named(overrides, message):
