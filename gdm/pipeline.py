@@ -159,12 +159,12 @@ def _upsampling(cfg: Config, direct_evals: list[Stage]) -> list[Stage]:
     up, clf = f"{runs}/upsampler", f"{runs}/classifier-low"
     stages = [
         Stage("train-upsampler", "train-upsampler", cmd="gdm train-upsampler --quiet --restart-on-mismatch",
-              deps=(p["data"],), params=("upsampler", "upsampler_train", "diffusion"),
+              deps=(p["data"],), params=("upsampler", "upsampler_train", "diffusion") + READER_PARAMS,
               outs=(f"{up}/model.pt", f"{up}/checkpoints"), metrics=(f"{up}/metrics.json",),
               plots=(f"{up}/metrics.csv",), upstream=("prepare",)),
         Stage("train-classifier-low", "train-classifier", {"low_res": True},
               cmd="gdm train-classifier --quiet --restart-on-mismatch --low-res", deps=(p["data"],),
-              params=("classifier", "classifier_train", "diffusion") + LOW_RES_PARAMS,
+              params=("classifier", "classifier_train", "diffusion") + READER_PARAMS + LOW_RES_PARAMS,
               outs=(f"{clf}/classifier.pt", f"{clf}/checkpoints"), metrics=(f"{clf}/metrics.json",),
               plots=(f"{clf}/metrics.csv",), upstream=("prepare",)),
     ]
@@ -174,7 +174,7 @@ def _upsampling(cfg: Config, direct_evals: list[Stage]) -> list[Stage]:
         stages.append(Stage(
             f"train-low@{v}", "train", {"variant": v, "low_res": True},
             cmd=f"gdm train --quiet --restart-on-mismatch --variant {v} --low-res", deps=(p["data"],),
-            params=("unet", "diffusion", "train", f"pipeline.models.{v}") + LOW_RES_PARAMS,
+            params=("unet", "diffusion", "train") + READER_PARAMS + (f"pipeline.models.{v}",) + LOW_RES_PARAMS,
             outs=(f"{low}/model.pt", f"{low}/checkpoints"), metrics=(f"{low}/metrics.json",),
             plots=(f"{low}/metrics.csv",), upstream=("prepare",),
         ))
