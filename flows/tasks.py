@@ -87,13 +87,11 @@ def execute(cfg: Config, stage: Stage, parent_run_id: str | None, progress: bool
         kind = a.get("guidance", "classifier")
         out = eval_file(cfg, a["variant"], a["sampler"], a["scale"], ablation, kind)
         samples = sample_dir(cfg, a["variant"], a["sampler"], a["scale"], kind)
-        tags = None
         if a.get("upsampled"):
             out = eval_up_file(cfg, a["variant"], a["sampler"], a["scale"])
             samples = sample_up_dir(cfg, a["variant"], a["sampler"], a["scale"])
-            tags = {"gdm.upsampled": "true"}
         m = st.evaluate(cfg, samples, out=out, parent_run_id=parent_run_id, variant=a["variant"], scale=a["scale"],
-                        ablation=ablation, tags=tags)
+                        ablation=ablation)
         return {k: v for k, v in m.items() if k != "warnings"}
     if stage.kind in ("report", "ablation-report"):
         written = st.report(cfg, ablations=stage.kind == "ablation-report", parent_run_id=parent_run_id)

@@ -158,12 +158,12 @@ def _upsampling(cfg: Config, direct_evals: list[Stage]) -> list[Stage]:
     p, runs = paths(cfg), cfg.pipeline.runs_dir
     up, clf = f"{runs}/upsampler", f"{runs}/classifier-low"
     stages = [
-        Stage("train-upsampler", "train-upsampler", cmd="gdm train-upsampler --quiet --restart-on-mismatch",
+        Stage("train-upsampler", "train-upsampler", cmd="gdm train-upsampler --quiet --restart-on-mismatch --register",
               deps=(p["data"],), params=("upsampler", "upsampler_train", "diffusion") + READER_PARAMS,
               outs=(f"{up}/model.pt", f"{up}/checkpoints"), metrics=(f"{up}/metrics.json",),
               plots=(f"{up}/metrics.csv",), upstream=("prepare",)),
         Stage("train-classifier-low", "train-classifier", {"low_res": True},
-              cmd="gdm train-classifier --quiet --restart-on-mismatch --low-res", deps=(p["data"],),
+              cmd="gdm train-classifier --quiet --restart-on-mismatch --register --low-res", deps=(p["data"],),
               params=("classifier", "classifier_train", "diffusion") + READER_PARAMS + LOW_RES_PARAMS,
               outs=(f"{clf}/classifier.pt", f"{clf}/checkpoints"), metrics=(f"{clf}/metrics.json",),
               plots=(f"{clf}/metrics.csv",), upstream=("prepare",)),
@@ -173,7 +173,7 @@ def _upsampling(cfg: Config, direct_evals: list[Stage]) -> list[Stage]:
         low = f"{runs}/{v}/unet-low"
         stages.append(Stage(
             f"train-low@{v}", "train", {"variant": v, "low_res": True},
-            cmd=f"gdm train --quiet --restart-on-mismatch --variant {v} --low-res", deps=(p["data"],),
+            cmd=f"gdm train --quiet --restart-on-mismatch --register --variant {v} --low-res", deps=(p["data"],),
             params=("unet", "diffusion", "train") + READER_PARAMS + (f"pipeline.models.{v}",) + LOW_RES_PARAMS,
             outs=(f"{low}/model.pt", f"{low}/checkpoints"), metrics=(f"{low}/metrics.json",),
             plots=(f"{low}/metrics.csv",), upstream=("prepare",),
@@ -275,6 +275,7 @@ class Resources:
 # Stage kinds whose work is tensor math (they get `stage_threads` threads and, on CUDA, a GPU), and the
 # config section whose `device` decides where they run. The rest (prepare, evaluate, reports) are light.
 HEAVY_KINDS: dict[str, str | None] = {"train": "train", "train-classifier": "classifier_train", "sample": "sample",
+                                      "train-upsampler": "upsampler_train", "sample-up": "sample",
                                       "train-evaluator": None}  # the evaluator CNN has no device key: CPU
 
 

@@ -297,9 +297,12 @@ def _sample_meta(samples: Path) -> dict[str, Any]:
 
 
 def _variant_of(samples: Path) -> str | None:
-    """`<runs>/<variant>/samples/<sampler>-<scale>[/file.npz]` -> variant (None elsewhere)."""
+    """`<runs>/<variant>/samples[-up]/<sampler>-<scale>[/file.npz]` -> variant (None elsewhere)."""
     parts = Path(samples).parts
-    return parts[parts.index("samples") - 1] if "samples" in parts[1:] else None
+    for d in ("samples", "samples-up"):
+        if d in parts[1:]:
+            return parts[parts.index(d) - 1]
+    return None
 
 
 def guidance_kind(meta: dict[str, Any], scale: float) -> str:
@@ -362,12 +365,22 @@ def evaluate(cfg: Config, samples: Path, *, reference: Path | None = None, out: 
     reference = reference or dataset_dir(cfg)
     evaluator = evaluator or (evaluator_path(cfg) if cfg.eval.features == "evaluator" else None)
     meta = _sample_meta(Path(samples))
+    upsampled = meta.get("stage") == "upsample"  # a two-stage result: its base stage says how it was sampled
+    if upsampled:
+        meta = {**(meta.get("base") or {}), "upsample": {k: meta.get(k) for k in ("upsampler", "sampler", "respacing",
+                                                                                "low_resolution", "resolution")}}
     variant = variant or _variant_of(Path(samples))
     if scale is not None:
         meta.setdefault("scale", float(scale))
     scale = float(meta.get("scale", 0.0))
     params = evaluation_params(cfg, variant, meta)
-    name = run_label(variant or "unknown", params["sample.sampler"] or "?", params["sample.respacing"] or "?", scale,
+    if upsampled:
+        params.update({"sample.upsample_sampler": meta["upsample"]["sampler"],
+                       "sample.upsample_respacing": meta["upsample"]["respacing"],
+                       "upsampler.low_resolution": meta["upsample"]["low_resolution"]})
+        tags = {"gdm.upsampled": "true", **(tags or {})}
+    label = f"{variant or 'unknown'}/upsampled" if upsampled else variant or "unknown"
+    name = run_label(label, params["sample.sampler"] or "?", params["sample.respacing"] or "?", scale,
                      params["sample.guidance"])
     with tracked(cfg, "evaluate", name, parent_run_id) as run:
         metrics = evaluate_file(cfg, samples, reference, evaluator=evaluator, require_accuracy=require_accuracy)
