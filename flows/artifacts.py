@@ -97,6 +97,9 @@ def _publish_pipeline(cfg: Config, stages: list[Stage], run) -> None:
         create_markdown_artifact("## Architecture ablations\n\n" + markdown_table(rows, ABLATION_COLUMNS),
                                  key=key(cfg, "ablation"), description="ablation table (delta FID vs the baseline)")
         image(cfg, rdir / "ablation.png", "ablation-plot", "ablations: quality against cost")
+    if "upsampling-report" in run.results and (rdir / "upsampling.md").is_file():
+        create_markdown_artifact((rdir / "upsampling.md").read_text(), key=key(cfg, "upsampling"),
+                                 description="upsampling study (Table 5 miniature): ADM, ADM-G, ADM-U, ADM-G + ADM-U")
     for name, r in run.results.items():
         if name.startswith("sample") and r.get("grid"):
             image(cfg, r["grid"], f"grid-{name}", f"samples of {name}")

@@ -26,7 +26,7 @@ def guidance_sweep(params: str = "params.yaml", overrides: list[str] | None = No
     cfg = load_config(params, over)
     # the variant's main-pipeline stages and what they read, named as the DAG names them
     wanted = {"prepare", "train-classifier", "train-evaluator"} | {
-        s.name for s in stage_graph(cfg, ablations=False)
+        s.name for s in stage_graph(cfg, ablations=False, upsampling=False)
         if s.args.get("variant") == variant and s.kind in ("train", "sample", "evaluate")}
     with st.tracked(cfg, "guidance-sweep", f"guidance-sweep@{variant}") as parent:
         parent.log_params({"gdm.variant": variant, "sample.scales": list(cfg.sample.scales),

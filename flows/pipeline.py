@@ -23,10 +23,11 @@ from gdm.pipeline import stage_graph
 
 
 def run_stages(cfg, names: list[str] | None, parent_run_id: str | None, progress: bool,
-               ablations: bool) -> dict[str, dict[str, Any]]:
+               ablations: bool, upsampling: bool = False) -> dict[str, dict[str, Any]]:
     """Run the chosen stages (all when `names` is None) as a DAG; raise `StageFailures` after the
-    independent branches finished when any stage failed."""
-    stages = [s for s in stage_graph(cfg, ablations=ablations) if names is None or s.name in names]
+    independent branches finished when any stage failed. `upsampling`: include the ADM-U study's stages."""
+    stages = [s for s in stage_graph(cfg, ablations=ablations, upsampling=upsampling)
+              if names is None or s.name in names]
     t0 = time.perf_counter()
     run = run_dag(cfg, stages, parent_run_id, progress)
     logger = get_run_logger()
@@ -42,12 +43,13 @@ def run_stages(cfg, names: list[str] | None, parent_run_id: str | None, progress
 
 @flow(name="gdm-pipeline", log_prints=True)
 def pipeline(params: str = "params.yaml", overrides: list[str] | None = None, ablations: bool = False,
-             progress: bool = True) -> dict[str, dict[str, Any]]:
-    """prepare -> train (models) | train-classifier | train-evaluator -> sample -> evaluate -> report."""
+             progress: bool = True, upsampling: bool = False) -> dict[str, dict[str, Any]]:
+    """prepare -> train (models) | train-classifier | train-evaluator -> sample -> evaluate -> report;
+    with `upsampling` also the ADM-U study (low-res models, upsampler, two-stage samples, upsampling-report)."""
     cfg = load_config(params, overrides or [])
     with st.tracked(cfg, "pipeline", "pipeline") as parent:
         parent.log_params(cfg.flat())
-        return run_stages(cfg, None, parent.id, progress, ablations)
+        return run_stages(cfg, None, parent.id, progress, ablations, upsampling)
 
 
 def record_in_dvc(names: list[str]) -> bool:
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = [a.split("=", 1)[1] for a in args if a.startswith("--set=")]
     t0 = time.perf_counter()
     try:
-        results = pipeline(overrides=overrides, ablations="--ablations" in args)
+        results = pipeline(overrides=overrides, ablations="--ablations" in args, upsampling="--upsampling" in args)
     except GdmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -84,6 +86,10 @@ def main(argv: list[str] | None = None) -> None:
     if not overrides and record_in_dvc(list(results)):
         print("recorded in dvc.lock: `dvc repro` now finds these stages up to date")
     print_rows(read_json(f"{cfg.pipeline.reports_dir}/summary.json"))
+    if "upsampling-report" in results:
+        from gdm.cli.pipeline_cmds import print_upsampling
+
+        print_upsampling(read_json(f"{cfg.pipeline.reports_dir}/upsampling.json")["table5"])
     print("\nwall time per stage (s, inside the stage; 'cached' = answered from the cache):")
     for name, r in results.items():
         print(f"  {name:28s} {r.get('wall_seconds', 0.0):8.1f}  {'cached' if r.get('state') == 'Cached' else ''}")

@@ -20,21 +20,25 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from gdm import stages as st
+from gdm import stages_upsampling as su
 from gdm.config import Config
 from gdm.pipeline import (
     HEAVY_KINDS,
     Resources,
     Stage,
     eval_file,
+    eval_up_file,
     input_hash,
     outputs_exist,
     sample_dir,
+    sample_up_dir,
     stage_graph,
     stage_resources,
 )
 from gdm.progress import reporting
 
-RETRIES = {"prepare": 1, "train": 1, "train-classifier": 1, "train-evaluator": 1, "sample": 1, "evaluate": 1}
+RETRIES = {"prepare": 1, "train": 1, "train-classifier": 1, "train-evaluator": 1, "sample": 1, "evaluate": 1,
+           "train-upsampler": 1, "sample-up": 1}
 
 
 def find_stage(cfg: Config, name: str, ablations: bool = True) -> Stage:
@@ -56,22 +60,38 @@ def execute(cfg: Config, stage: Stage, parent_run_id: str | None, progress: bool
         return {"dataset": str(st.prepare(cfg, progress=progress))}
     if stage.kind == "train":
         return st.train(cfg, a["variant"], progress=progress, restart_on_mismatch=True, parent_run_id=parent_run_id,
-                        move_aliases=True)
+                        move_aliases=True, low_res=a.get("low_res", False))
     if stage.kind == "train-classifier":
         return st.train_classifier(cfg, progress=progress, restart_on_mismatch=True, parent_run_id=parent_run_id,
-                                   move_aliases=True)
+                                   move_aliases=True, low_res=a.get("low_res", False))
+    if stage.kind == "train-upsampler":
+        return su.train_upsampler(cfg, progress=progress, restart_on_mismatch=True, parent_run_id=parent_run_id,
+                                  move_aliases=True)
+    if stage.kind == "sample-up":
+        final, low = su.sample_upsampled(cfg.with_overrides({"sample.sampler": a["sampler"]}), a["variant"],
+                                         a["scale"], out=sample_up_dir(cfg, a["variant"], a["sampler"], a["scale"]),
+                                         progress=progress, parent_run_id=parent_run_id)
+        return {"npz": str(final.npz), "grid": str(final.grid), "low_npz": str(low.npz)}
+    if stage.kind == "upsampling-report":
+        return {k: str(v) for k, v in su.upsampling_report(cfg, parent_run_id=parent_run_id).items()}
     if stage.kind == "train-evaluator":
         return st.train_evaluator(cfg, progress=progress, parent_run_id=parent_run_id)
     if stage.kind == "sample":
-        scfg = cfg.with_overrides({"sample.sampler": a["sampler"]})
-        out = sample_dir(cfg, a["variant"], a["sampler"], a["scale"])
+        kind = a.get("guidance", "classifier")
+        scfg = cfg.with_overrides({"sample.sampler": a["sampler"], "sample.guidance": kind})
+        out = sample_dir(cfg, a["variant"], a["sampler"], a["scale"], kind)
         run = st.sample(scfg, a["variant"], a["scale"], out=out, progress=progress, parent_run_id=parent_run_id)
         return {"npz": str(run.npz), "grid": str(run.grid)}
     if stage.kind == "evaluate":
         ablation = stage.name.startswith("evaluate-ablation")
-        out = eval_file(cfg, a["variant"], a["sampler"], a["scale"], ablation)
-        m = st.evaluate(cfg, sample_dir(cfg, a["variant"], a["sampler"], a["scale"]), out=out,
-                        parent_run_id=parent_run_id, variant=a["variant"], scale=a["scale"], ablation=ablation)
+        kind = a.get("guidance", "classifier")
+        out = eval_file(cfg, a["variant"], a["sampler"], a["scale"], ablation, kind)
+        samples = sample_dir(cfg, a["variant"], a["sampler"], a["scale"], kind)
+        if a.get("upsampled"):
+            out = eval_up_file(cfg, a["variant"], a["sampler"], a["scale"])
+            samples = sample_up_dir(cfg, a["variant"], a["sampler"], a["scale"])
+        m = st.evaluate(cfg, samples, out=out, parent_run_id=parent_run_id, variant=a["variant"], scale=a["scale"],
+                        ablation=ablation)
         return {k: v for k, v in m.items() if k != "warnings"}
     if stage.kind in ("report", "ablation-report"):
         written = st.report(cfg, ablations=stage.kind == "ablation-report", parent_run_id=parent_run_id)

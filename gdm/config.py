@@ -112,8 +112,20 @@ class UNetConfig(_Section):
     num_classes: int | None = Field(10, ge=2)
     attention_order: Literal["legacy", "new"] = "legacy"
     use_checkpoint: bool = False
+    # Classifier-free guidance (Ho & Salimans 2022): probability of replacing y by the null label
+    # (a learned extra embedding row, index num_classes) during training. 0: the paper's ADM models.
+    class_dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
     _mult = field_validator("channel_mult")(classmethod(lambda cls, v: _check_mult(v)))
+
+    @model_validator(mode="after")
+    def _dropout_needs_labels(self) -> UNetConfig:
+        if self.class_dropout > 0 and self.num_classes is None:
+            raise ValueError(
+                f"class_dropout {self.class_dropout} needs a class-conditional UNet (num_classes set); "
+                "set class_dropout: 0.0 for an unconditional model"
+            )
+        return self
 
     @field_validator("num_head_channels", "num_heads_upsample")
     @classmethod
@@ -121,6 +133,14 @@ class UNetConfig(_Section):
         if v != -1 and v < 1:
             raise ValueError("must be -1 (unused) or a positive integer")
         return v
+
+
+class UpsamplerConfig(UNetConfig):
+    """ADM-U (SuperResUNet): the `unet` keys plus the low resolution it upsamples from. Its large size is
+    upsampler_train.resolution or data.resolution; the low-res input is the large image area-downsampled
+    (guided-diffusion's super_res_train) at training time and the base model's sample when sampling."""
+
+    low_resolution: int | None = Field(None, ge=1)  # null: a quarter of the large size (ADM's 64->256)
 
 
 class ClassifierConfig(_Section):
@@ -180,6 +200,9 @@ class TrainConfig(_Section):
     device: str = "auto"
     num_workers: int = Field(0, ge=0)
     nproc: int = Field(1, ge=1)  # >1: `gdm train` re-launches itself through torchrun with this many ranks
+    # Train at this resolution: the prepared images are area-downsampled on the fly (ADM-U's low-res
+    # view); null: as prepared. The low-resolution base models of the upsampling study use it.
+    resolution: int | None = Field(None, ge=1)
 
     @field_validator("ema_rates")
     @classmethod
@@ -212,6 +235,7 @@ class ClassifierTrainConfig(_Section):
     device: str = "auto"
     num_workers: int = Field(0, ge=0)  # DataLoader workers decoding training batches
     nproc: int = Field(1, ge=1)  # >1: `gdm train-classifier` re-launches itself through torchrun
+    resolution: int | None = Field(None, ge=1)  # as train.resolution
 
 
 class EvaluatorConfig(_Section):
@@ -229,6 +253,13 @@ class SampleConfig(_Section):
     respacing: str = "ddim25"
     eta: float = Field(0.0, ge=0.0)
     scales: tuple[float, ...] = (0.0,)
+    # classifier: ADM's classifier guidance (scale s); free: classifier-free guidance (scale w,
+    # eps = (1 + w) eps(x, y) - w eps(x, null); needs a UNet trained with unet.class_dropout > 0)
+    guidance: Literal["classifier", "free"] = "classifier"
+    # Two-stage sampling (ADM-U): the upsampler's own sampler and respacing (the reference samples its
+    # upsamplers with 250 DDPM steps); null sampler: the same as `sampler`.
+    upsample_sampler: Literal["ddpm", "ddim"] | None = "ddpm"
+    upsample_respacing: str = "250"
     num_samples: int = Field(500, ge=1)
     batch_size: int = Field(250, ge=1)
     seed: int = 0
@@ -315,6 +346,15 @@ class PipelineConfig(_Section):
         default_factory=lambda: {"cond": {}, "uncond": {"unet.num_classes": None}}
     )
     samplers: tuple[Literal["ddpm", "ddim"], ...] = ("ddim",)
+    # Models also swept with classifier-free guidance (sample.guidance: free) on the sample.scales list;
+    # each must be one of `models` trained with unet.class_dropout > 0 (checked at load).
+    free_guidance: tuple[str, ...] = ()
+    # The upsampling study (paper Table 5): these models are trained again at upsampler.low_resolution
+    # (with low_res_overrides, as is a low-res noisy classifier), sampled (guided on sample.scales) and
+    # upsampled by the ADM-U model, and compared with the direct models. Run by `gdm.pipeline`'s
+    # upsampling stages (dvc.yaml always has them; the demo flow runs them with --upsampling).
+    upsampling_models: tuple[str, ...] = ()
+    low_res_overrides: dict[str, Any] = Field(default_factory=dict)
     # Architecture ablations (Tables 1-3): `ablation_base` overrides first, then the variant's own.
     ablation_base: dict[str, Any] = Field(default_factory=dict)
     ablations: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"base": {}})
@@ -340,6 +380,13 @@ class PipelineConfig(_Section):
                 raise ValueError(
                     f"pipeline variant name {name!r} must match [A-Za-z0-9_-]+ and not be one of {sorted(reserved)}"
                 )
+        for key in ("free_guidance", "upsampling_models"):
+            names = getattr(self, key)
+            if len(set(names)) != len(names):
+                raise ValueError(f"pipeline.{key} {list(names)} names a model twice")
+            unknown = [n for n in names if n not in self.models]
+            if unknown:
+                raise ValueError(f"pipeline.{key}: {unknown} are not in pipeline.models {sorted(self.models)}")
         both = set(self.models) & set(self.ablations)
         if both:
             raise ValueError(f"pipeline.models and pipeline.ablations share names {sorted(both)}")
@@ -358,6 +405,8 @@ class Config(_Section):
     diffusion: DiffusionConfig = DiffusionConfig()
     train: TrainConfig = TrainConfig()
     classifier_train: ClassifierTrainConfig = ClassifierTrainConfig()
+    upsampler: UpsamplerConfig = UpsamplerConfig()
+    upsampler_train: TrainConfig = TrainConfig()
     evaluator: EvaluatorConfig = EvaluatorConfig()
     sample: SampleConfig = SampleConfig()
     eval: EvalConfig = EvalConfig()
@@ -366,24 +415,54 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
-        res = self.data.resolution
-        for section in ("unet", "classifier"):
+        for train in ("train", "classifier_train", "upsampler_train"):
+            r = getattr(self, train).resolution
+            if r is not None and r > self.data.resolution:
+                raise ValueError(f"{train}.resolution {r} is above data.resolution {self.data.resolution}: "
+                                 "training only downsamples the prepared images (prepare them larger)")
+        for section, train in (("unet", "train"), ("classifier", "classifier_train"),
+                               ("upsampler", "upsampler_train")):
             net = getattr(self, section)
-            _check_attention(section, net.attention_resolutions, res, len(net.channel_mult))
+            res = self.resolution(train)
+            where = f"{train}.resolution" if getattr(self, train).resolution else "data.resolution"
+            _check_attention(section, net.attention_resolutions, res, len(net.channel_mult), where)
             _check_widths(section, net)
-        if self.diffusion.loss_type == "hybrid" and not self.unet.learn_sigma:
+        low = self.upsampler.low_resolution
+        if low is not None and low >= self.resolution("upsampler_train"):
             raise ValueError(
-                "diffusion.loss_type 'hybrid' needs unet.learn_sigma: true "
-                "(use loss_type 'mse' for a fixed-variance model)"
+                f"upsampler.low_resolution {low} must be below the resolution it upsamples to, "
+                f"{self.resolution('upsampler_train')} (upsampler_train.resolution or data.resolution)"
             )
-        if self.diffusion.loss_type == "mse" and self.unet.learn_sigma:
-            raise ValueError(
-                "diffusion.loss_type 'mse' with unet.learn_sigma: true leaves the variance untrained; "
-                "use 'hybrid' (ADM's default) or set unet.learn_sigma: false"
-            )
+        check_loss_and_variance(self, "unet")
+        if self.pipeline.upsampling_models:  # the upsampler shares `diffusion` (checked at its training too)
+            check_loss_and_variance(self, "upsampler")
         return self
 
     # -- helpers -------------------------------------------------------------------------
+    def resolution(self, train_section: str = "train") -> int:
+        """The resolution a trainer works at: `<train_section>.resolution`, else data.resolution."""
+        return getattr(self, train_section).resolution or self.data.resolution
+
+    def low_resolution(self) -> int:
+        """The upsampler's input size (upsampler.low_resolution, default a quarter of its large size)."""
+        return self.upsampler.low_resolution or max(1, self.resolution("upsampler_train") // 4)
+
+    def low_res(self, name: str | None = None) -> Config:
+        """The config of model `name` (None: the noisy classifier) at the upsampler's low resolution:
+        the variant's overrides, train.resolution and classifier_train.resolution set to the low
+        resolution, then pipeline.low_res_overrides (e.g. attention resolutions that exist down there)."""
+        low = self.low_resolution()
+        over = {}
+        if name is not None:
+            if name not in self.pipeline.models:
+                raise ConfigError(f"unknown model '{name}' for the upsampling study; known: pipeline.models "
+                                  f"{sorted(self.pipeline.models)}")
+            over = dict(self.pipeline.models[name])
+        over.update({"train.resolution": low, "classifier_train.resolution": low})
+        what = f"model {name!r}" if name else "the classifier"
+        return self.with_overrides({**over, **self.pipeline.low_res_overrides},
+                                   origin=f"{what} at upsampler.low_resolution {low} (pipeline.low_res_overrides)")
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -414,20 +493,47 @@ class Config(_Section):
         """Validate every declared variant once, at load (errors name the variant and key)."""
         for name in list(self.pipeline.models) + list(self.pipeline.ablations):
             self.variant(name)
+        for name in self.pipeline.upsampling_models:
+            self.low_res(name)
+        if self.pipeline.upsampling_models:
+            self.low_res(None)
+        for name in self.pipeline.free_guidance:
+            if self.variant(name).unet.class_dropout <= 0:
+                raise ConfigError(
+                    f"pipeline.free_guidance: model {name!r} has unet.class_dropout 0, so it cannot be sampled with "
+                    f"classifier-free guidance; give it a class dropout (pipeline.models.{name}: "
+                    "{unet.class_dropout: 0.1}) or remove it from pipeline.free_guidance"
+                )
         return self
 
 
-def _check_attention(section: str, attn: tuple[int, ...], resolution: int, levels: int) -> None:
+def check_loss_and_variance(cfg: Config, section: str) -> None:
+    """diffusion.loss_type must fit `<section>.learn_sigma` (raises ValueError naming both keys)."""
+    learn_sigma = getattr(cfg, section).learn_sigma
+    if cfg.diffusion.loss_type == "hybrid" and not learn_sigma:
+        raise ValueError(
+            f"diffusion.loss_type 'hybrid' needs {section}.learn_sigma: true "
+            "(use loss_type 'mse' for a fixed-variance model)"
+        )
+    if cfg.diffusion.loss_type == "mse" and learn_sigma:
+        raise ValueError(
+            f"diffusion.loss_type 'mse' with {section}.learn_sigma: true leaves the variance untrained; "
+            f"use 'hybrid' (ADM's default) or set {section}.learn_sigma: false"
+        )
+
+
+def _check_attention(section: str, attn: tuple[int, ...], resolution: int, levels: int,
+                     where: str = "data.resolution") -> None:
     reachable = [resolution // (2**i) for i in range(levels)]
     for r in attn:
         if r not in reachable:
             raise ValueError(
-                f"{section}.attention_resolutions: {r} is not reachable from data.resolution "
+                f"{section}.attention_resolutions: {r} is not reachable from {where} "
                 f"{resolution} with {levels} levels; allowed: {reachable}"
             )
     if resolution % (2 ** (levels - 1)):
         raise ValueError(
-            f"{section}.channel_mult: {levels} levels need data.resolution divisible by "
+            f"{section}.channel_mult: {levels} levels need {where} divisible by "
             f"{2 ** (levels - 1)}, got {resolution}"
         )
 
@@ -471,7 +577,7 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any, origin: str = "overrid
         node = node[part]
     leaf = parts[-1]
     if leaf not in node and parts[:2] not in (["pipeline", "models"], ["pipeline", "ablations"],
-                                              ["pipeline", "ablation_base"]):
+                                              ["pipeline", "ablation_base"], ["pipeline", "low_res_overrides"]):
         raise ConfigError(
             f"{origin}: unknown key '{key}'; known keys in '{'.'.join(parts[:-1])}': {sorted(node)}"
         )

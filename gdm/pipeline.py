@@ -8,6 +8,11 @@ expresses the same graph with `foreach`/`matrix`; a test checks that the two agr
     prepare -> train@<model> ---------------------------> sample@<model>-<sampler>-<scale> -> evaluate@... -> report
             -> train-classifier ------------------------^                                  ^
             -> train-evaluator ----------------------------------------------------------/
+    classifier-free guidance (models in pipeline.free_guidance, no classifier):
+            train@<model> -> sample-free@<model>-<sampler>-<scale> -> evaluate-free@... -> report
+    upsampling (ADM-U, Table 5; models in pipeline.upsampling_models):
+            train-low@<model>, train-classifier-low, train-upsampler -> sample-up@<model>-<sampler>-<scale>
+            -> evaluate-up@... -> upsampling-report (with the direct models' evaluate@... rows)
     ablations: train@<ablation> -> sample-ablation@<ablation> -> evaluate-ablation@<ablation> -> ablation-report
 """
 
@@ -22,7 +27,8 @@ from gdm.config import Config
 @dataclass(frozen=True)
 class Stage:
     name: str  # DVC's name for the (expanded) stage
-    kind: str  # prepare | train | train-classifier | train-evaluator | sample | evaluate | report | ablation-report
+    kind: str  # prepare | train | train-classifier | train-evaluator | train-upsampler | sample | sample-up | evaluate
+    #            | report | upsampling-report | ablation-report
     args: dict = field(default_factory=dict)  # what the stage function needs: variant, sampler, scale
     cmd: str = ""
     deps: tuple[str, ...] = ()
@@ -52,16 +58,38 @@ def unet_run(cfg: Config, variant: str) -> str:
     return f"{cfg.pipeline.runs_dir}/{variant}/unet"
 
 
-def sample_dir(cfg: Config, variant: str, sampler: str, scale: float) -> str:
-    return f"{cfg.pipeline.runs_dir}/{variant}/samples/{sampler}-{scale_tag(scale)}"
+def _kind_tag(guidance: str) -> str:
+    """Classifier guidance keeps the plain names; classifier-free runs carry `free-` before the scale."""
+    return "" if guidance == "classifier" else f"{guidance}-"
+
+
+def sample_stage_prefix(guidance: str) -> str:
+    return "sample" if guidance == "classifier" else f"sample-{guidance}"
+
+
+def sample_dir(cfg: Config, variant: str, sampler: str, scale: float, guidance: str = "classifier") -> str:
+    return f"{cfg.pipeline.runs_dir}/{variant}/samples/{sampler}-{_kind_tag(guidance)}{scale_tag(scale)}"
+
+
+def sample_up_dir(cfg: Config, variant: str, sampler: str, scale: float) -> str:
+    return f"{cfg.pipeline.runs_dir}/{variant}/samples-up/{sampler}-{scale_tag(scale)}"
+
+
+def eval_up_dir(cfg: Config) -> str:
+    return f"{cfg.pipeline.runs_dir}/eval-up"
+
+
+def eval_up_file(cfg: Config, variant: str, sampler: str, scale: float) -> str:
+    return f"{eval_up_dir(cfg)}/{variant}-{sampler}-{scale_tag(scale)}.json"
 
 
 def eval_dir(cfg: Config, ablation: bool = False) -> str:
     return f"{cfg.pipeline.runs_dir}/{'ablation-eval' if ablation else 'eval'}"
 
 
-def eval_file(cfg: Config, variant: str, sampler: str, scale: float, ablation: bool = False) -> str:
-    return f"{eval_dir(cfg, ablation)}/{variant}-{sampler}-{scale_tag(scale)}.json"
+def eval_file(cfg: Config, variant: str, sampler: str, scale: float, ablation: bool = False,
+              guidance: str = "classifier") -> str:
+    return f"{eval_dir(cfg, ablation)}/{variant}-{sampler}-{_kind_tag(guidance)}{scale_tag(scale)}.json"
 
 
 def _train(cfg: Config, variant: str, ablation: bool = False) -> Stage:
@@ -91,17 +119,25 @@ SAMPLE_PARAMS = ("sample.respacing", "sample.eta", "sample.num_samples", "sample
                  "sample.clip_denoised", "sample.use_ema")
 
 
-def _sample_eval(cfg: Config, variant: str, sampler: str, scale: float, ablation: bool = False) -> list[Stage]:
+def _sample_eval(cfg: Config, variant: str, sampler: str, scale: float, ablation: bool = False,
+                 guidance: str = "classifier") -> list[Stage]:
     p = paths(cfg)
-    suffix, tag = ("-ablation", variant) if ablation else ("", f"{variant}-{sampler}-{scale_tag(scale)}")
-    sdir, efile = sample_dir(cfg, variant, sampler, scale), eval_file(cfg, variant, sampler, scale, ablation)
-    args = {"variant": variant, "sampler": sampler, "scale": float(scale)}
-    guided = () if ablation else (f"{p['classifier']}/classifier.pt",)  # ablations sample unguided
+    free = guidance == "free"
+    suffix = "-ablation" if ablation else "-free" if free else ""
+    tag = variant if ablation else f"{variant}-{sampler}-{scale_tag(scale)}"
+    sdir, efile = sample_dir(cfg, variant, sampler, scale, guidance), eval_file(cfg, variant, sampler, scale,
+                                                                                ablation, guidance)
+    args = {"variant": variant, "sampler": sampler, "scale": float(scale), "guidance": guidance}
+    guided = () if ablation or free else (f"{p['classifier']}/classifier.pt",)  # ablations sample unguided
+    kind_opt = " --guidance free" if free else ""
     sample = Stage(
         f"sample{suffix}@{tag}", "sample", args,
-        cmd=f"gdm sample --quiet --variant {variant} --sampler {sampler} --scale {scale_tag(scale)} --out {sdir}",
+        cmd=f"gdm sample --quiet --variant {variant} --sampler {sampler}{kind_opt} --scale {scale_tag(scale)} "
+            f"--out {sdir}",
         deps=(f"{unet_run(cfg, variant)}/model.pt",) + guided,
-        params=SAMPLE_PARAMS + (("sample.sampler",) if ablation else ()), outs=(sdir,), upstream=(f"train-ablation@{variant}",) if ablation else (f"train@{variant}", "train-classifier"),
+        params=SAMPLE_PARAMS + (("sample.sampler",) if ablation else ()), outs=(sdir,),
+        upstream=(f"train-ablation@{variant}",) if ablation else (f"train@{variant}",) if free else (
+            f"train@{variant}", "train-classifier"),
     )
     evaluate = Stage(
         f"evaluate{suffix}@{tag}", "evaluate", args,
@@ -112,8 +148,67 @@ def _sample_eval(cfg: Config, variant: str, sampler: str, scale: float, ablation
     return [sample, evaluate]
 
 
-def stage_graph(cfg: Config, *, ablations: bool = True) -> list[Stage]:
-    """All stages in a valid execution order (upstream first)."""
+# The low resolution of the upsampling study depends on these keys (beside the trained sections).
+LOW_RES_PARAMS = ("upsampler.low_resolution", "upsampler_train.resolution", "pipeline.low_res_overrides")
+UPSAMPLE_PARAMS = ("sample.upsample_sampler", "sample.upsample_respacing")
+
+
+def _upsampling(cfg: Config, direct_evals: list[Stage]) -> list[Stage]:
+    """ADM-U (Table 5): low-res base models + low-res classifier + upsampler, two-stage samples, report."""
+    p, runs = paths(cfg), cfg.pipeline.runs_dir
+    up, clf = f"{runs}/upsampler", f"{runs}/classifier-low"
+    stages = [
+        Stage("train-upsampler", "train-upsampler", cmd="gdm train-upsampler --quiet --restart-on-mismatch --register",
+              deps=(p["data"],), params=("upsampler", "upsampler_train", "diffusion") + READER_PARAMS,
+              outs=(f"{up}/model.pt", f"{up}/checkpoints"), metrics=(f"{up}/metrics.json",),
+              plots=(f"{up}/metrics.csv",), upstream=("prepare",)),
+        Stage("train-classifier-low", "train-classifier", {"low_res": True},
+              cmd="gdm train-classifier --quiet --restart-on-mismatch --register --low-res", deps=(p["data"],),
+              params=("classifier", "classifier_train", "diffusion") + READER_PARAMS + LOW_RES_PARAMS,
+              outs=(f"{clf}/classifier.pt", f"{clf}/checkpoints"), metrics=(f"{clf}/metrics.json",),
+              plots=(f"{clf}/metrics.csv",), upstream=("prepare",)),
+    ]
+    evals = []
+    for v in cfg.pipeline.upsampling_models:
+        low = f"{runs}/{v}/unet-low"
+        stages.append(Stage(
+            f"train-low@{v}", "train", {"variant": v, "low_res": True},
+            cmd=f"gdm train --quiet --restart-on-mismatch --register --variant {v} --low-res", deps=(p["data"],),
+            params=("unet", "diffusion", "train") + READER_PARAMS + (f"pipeline.models.{v}",) + LOW_RES_PARAMS,
+            outs=(f"{low}/model.pt", f"{low}/checkpoints"), metrics=(f"{low}/metrics.json",),
+            plots=(f"{low}/metrics.csv",), upstream=("prepare",),
+        ))
+        for s in cfg.pipeline.samplers:
+            for c in cfg.sample.scales:
+                tag, sdir, efile = f"{v}-{s}-{scale_tag(c)}", sample_up_dir(cfg, v, s, c), eval_up_file(cfg, v, s, c)
+                args = {"variant": v, "sampler": s, "scale": float(c), "upsampled": True}
+                stages.append(Stage(
+                    f"sample-up@{tag}", "sample-up", args,
+                    cmd=f"gdm sample --quiet --variant {v} --sampler {s} --scale {scale_tag(c)} "
+                        f"--upsample {up}/model.pt --out {sdir}",
+                    deps=(f"{low}/model.pt", f"{clf}/classifier.pt", f"{up}/model.pt"),
+                    params=SAMPLE_PARAMS + UPSAMPLE_PARAMS, outs=(sdir,),
+                    upstream=(f"train-low@{v}", "train-classifier-low", "train-upsampler"),
+                ))
+                evals.append(Stage(
+                    f"evaluate-up@{tag}", "evaluate", args, cmd=f"gdm evaluate --samples {sdir} --out {efile}",
+                    deps=(sdir, f"{p['evaluator']}/evaluator.pt", p["data"]), params=("eval",),
+                    metrics=(efile,), upstream=(f"sample-up@{tag}", "train-evaluator"),
+                ))
+                stages.append(evals[-1])
+    stages.append(Stage(
+        "upsampling-report", "upsampling-report", cmd="gdm report --upsampling --quiet",
+        deps=(eval_dir(cfg), eval_up_dir(cfg)),
+        params=("pipeline.upsampling_models", "pipeline.samplers", "sample.scales"),
+        metrics=(f"{p['reports']}/upsampling.json",),
+        upstream=tuple(e.name for e in direct_evals + evals),
+    ))
+    return stages
+
+
+def stage_graph(cfg: Config, *, ablations: bool = True, upsampling: bool = True) -> list[Stage]:
+    """All stages in a valid execution order (upstream first). `upsampling`/`ablations`: include the
+    upsampling study (ADM-U) / the architecture ablations (dvc.yaml always has both)."""
     p = paths(cfg)
     pc = cfg.pipeline
     stages = [
@@ -135,14 +230,22 @@ def stage_graph(cfg: Config, *, ablations: bool = True) -> list[Stage]:
                 pair = _sample_eval(cfg, v, s, c)
                 stages += pair
                 evals.append(pair[1])
+    for v in pc.free_guidance:  # classifier-free guidance on the same scale list
+        for s in pc.samplers:
+            for c in cfg.sample.scales:
+                pair = _sample_eval(cfg, v, s, c, guidance="free")
+                stages += pair
+                evals.append(pair[1])
     stages.append(Stage(
         "report", "report", cmd="gdm report --quiet", deps=(eval_dir(cfg),),
-        params=("pipeline.models", "pipeline.samplers", "sample.scales"),
+        params=("pipeline.models", "pipeline.samplers", "pipeline.free_guidance", "sample.scales"),
         metrics=(f"{p['reports']}/metrics.json",),
         plots=(f"{p['reports']}/summary.json", f"{p['reports']}/tradeoff.png", f"{p['reports']}/tradeoff.csv",
                f"{p['reports']}/losses.png", f"{p['reports']}/losses.csv"),
         upstream=tuple(e.name for e in evals),
     ))
+    if upsampling:
+        stages += _upsampling(cfg, evals)
     if ablations and pc.ablations:
         abl_evals = []
         for a in pc.ablations:
@@ -172,6 +275,7 @@ class Resources:
 # Stage kinds whose work is tensor math (they get `stage_threads` threads and, on CUDA, a GPU), and the
 # config section whose `device` decides where they run. The rest (prepare, evaluate, reports) are light.
 HEAVY_KINDS: dict[str, str | None] = {"train": "train", "train-classifier": "classifier_train", "sample": "sample",
+                                      "train-upsampler": "upsampler_train", "sample-up": "sample",
                                       "train-evaluator": None}  # the evaluator CNN has no device key: CPU
 
 

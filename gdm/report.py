@@ -41,21 +41,25 @@ def _info(path: str) -> dict[str, Any]:
     return read_json(p) if p.is_file() else {}
 
 
-def _sample_meta(cfg: Config, variant: str, sampler: str, scale: float) -> dict[str, Any]:
-    found = sorted(Path(sample_dir(cfg, variant, sampler, scale)).glob("*.json"))
+def _sample_meta(cfg: Config, variant: str, sampler: str, scale: float, guidance: str = "classifier") -> dict[str, Any]:
+    found = sorted(Path(sample_dir(cfg, variant, sampler, scale, guidance)).glob("*.json"))
     return read_json(found[0]) if found else {}
 
 
 def summary_rows(cfg: Config) -> list[dict[str, Any]]:
+    """One row per (variant, sampler, guidance kind, scale): classifier guidance for every model, then
+    classifier-free guidance for the models in pipeline.free_guidance."""
+    grid = [(v, "classifier") for v in cfg.pipeline.models] + [(v, "free") for v in cfg.pipeline.free_guidance]
     rows = []
-    for v in cfg.pipeline.models:
+    for v, kind in grid:
         for s in cfg.pipeline.samplers:
             for c in cfg.sample.scales:
-                m = _read(eval_file(cfg, v, s, c), f"evaluation of {v}/{s}/scale {c}")
-                m = {**_info(eval_file(cfg, v, s, c)), **m}
-                meta = _sample_meta(cfg, v, s, c)
+                f = eval_file(cfg, v, s, c, guidance=kind)
+                m = _read(f, f"evaluation of {v}/{s}/{kind} guidance/scale {c}")
+                m = {**_info(f), **m}
+                meta = _sample_meta(cfg, v, s, c, kind)
                 rows.append({
-                    "variant": v, "sampler": s, "steps": meta.get("steps"), "scale": float(c),
+                    "variant": v, "sampler": s, "steps": meta.get("steps"), "guidance": kind, "scale": float(c),
                     "num_samples": m.get("num_samples"), "num_reference": m.get("num_reference"),
                     **{k: m.get(k) for k in FIELDS}, "features": m.get("features"),
                     "seconds_per_image": meta.get("seconds_per_image"),
@@ -84,11 +88,10 @@ def write_summary(cfg: Config) -> dict[str, Path]:
     write_json(rdir / "summary.json", rows)
     write_json(rdir / "metrics.json", {row_key(r): flat_numbers(r, ("steps", "num_samples", *FIELDS)) for r in rows})
     losses = write_losses(cfg, list(cfg.pipeline.models), rdir / "losses")
-    cols = ("variant", "sampler", "steps", "scale", "num_samples", *FIELDS[:-1], "features")
+    cols = ("variant", "sampler", "steps", "guidance", "scale", "num_samples", *FIELDS[:-1], "features")
     write_bytes(rdir / "summary.md", markdown_table(rows, cols).encode())
-    csv = ["variant,sampler,scale,fid,is,precision,recall,accuracy"]
-    csv += [",".join(_fmt(r[k]) for k in ("variant", "sampler", "scale", "fid", "is", "precision", "recall",
-                                          "accuracy")) for r in rows]
+    keys = ("variant", "sampler", "guidance", "scale", "fid", "is", "precision", "recall", "accuracy")
+    csv = [",".join(keys)] + [",".join(_fmt(r[k]) for k in keys) for r in rows]
     write_bytes(rdir / "tradeoff.csv", ("\n".join(csv) + "\n").encode())
     save_tradeoff_plot(rows, rdir / "tradeoff.png")
     return {"summary": rdir / "summary.json", "table": rdir / "summary.md", "plot": rdir / "tradeoff.png",
@@ -96,8 +99,9 @@ def write_summary(cfg: Config) -> dict[str, Path]:
 
 
 def row_key(r: dict[str, Any]) -> str:
-    """`cond/ddim/scale2.0`: one summary row's name in the flat metrics file."""
-    return f"{r['variant']}/{r['sampler']}/scale{scale_tag(r['scale'])}"
+    """`cond/ddim/scale2.0`: one summary row's name in the flat metrics file (classifier-free: `cfg/ddim/free2.0`)."""
+    kind = "free" if r.get("guidance") == "free" else "scale"
+    return f"{r['variant']}/{r['sampler']}/{kind}{scale_tag(r['scale'])}"
 
 
 def flat_numbers(r: dict[str, Any], keys: tuple[str, ...]) -> dict[str, float | int]:

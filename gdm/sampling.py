@@ -4,7 +4,8 @@ Sample i is drawn from generators seeded by (seed, i) (initial noise, every step
 random label), so it is the same whatever the batch size, the chunking or the number of workers.
 Work is done in chunks of `sample.chunk_size` samples saved atomically; rerunning after an
 interruption generates only the missing chunks. Guidance is composed here, outside the samplers
-and the UNet: `cond_fn = classifier_guidance(classifier, scale, y)`.
+and the UNet: `cond_fn = classifier_guidance(classifier, scale, y)` (`sample.guidance: classifier`) or
+the model function wrapped by `classifier_free_guidance(model, y, null, w)` (`sample.guidance: free`).
 
 Under torchrun the missing chunks are dealt out over the ranks (chunk c holds samples
 [c * chunk_size, (c + 1) * chunk_size) whoever draws it), and rank 0 assembles the npz, grid and
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from gdm.config import SampleConfig
 from gdm.data.dataset import to_uint8
 from gdm.diffusion import (
     build_schedule,
+    classifier_free_guidance,
     classifier_guidance,
     ddim_sample,
     ddpm_sample,
@@ -76,25 +79,39 @@ def check_same_schedule(unet_cfg: dict, clf_diffusion: dict, unet_path: Path, cl
 
 def output_name(sc: SampleConfig, scale: float) -> str:
     eta = f"-eta{sc.eta:g}" if sc.sampler == "ddim" and sc.eta else ""
-    return f"{sc.sampler}-{sc.respacing}{eta}-scale{scale:g}"
+    free = "-free" if sc.guidance == "free" else ""
+    return f"{sc.sampler}-{sc.respacing}{eta}{free}-scale{scale:g}"
+
+
+def check_free_guidance(model, unet_path: Path) -> None:
+    """Classifier-free guidance needs the learned null label, i.e. training with unet.class_dropout > 0."""
+    if getattr(model, "null_label", None) is None:
+        what = "is unconditional" if model.num_classes is None else "was trained without class dropout"
+        raise ConfigError(
+            f"sample.guidance 'free': the UNet {unet_path} {what} (unet.class_dropout = 0), so it has no null "
+            "label to guide with. Train it with unet.class_dropout > 0 (e.g. 0.1), or use sample.guidance: classifier"
+        )
 
 
 def sample(unet_path: str | Path, out_dir: str | Path, sc: SampleConfig, scale: float = 0.0, *,
            classifier_path: str | Path | None = None, progress: Bar = SILENT) -> SampleRun:
     """Generate `sc.num_samples` samples at guidance `scale`; returns the paths written."""
     unet_path, out_dir = Path(unet_path), Path(out_dir)
-    if scale > 0 and classifier_path is None:
+    free = sc.guidance == "free"
+    if scale > 0 and classifier_path is None and not free:
         raise ConfigError(f"guidance scale {scale:g} needs a classifier checkpoint (--classifier)")
     world = distributed.init(sc.device)
     progress = progress if world.is_main else SILENT
     device = world.device(sc.device)
     model, ckpt = load_model(unet_path, use_ema=sc.use_ema, kind="unet", device=device)
+    if free:
+        check_free_guidance(model, unet_path)
     cfg = ckpt.get("config", {})
     if "diffusion" not in cfg or "num_classes" not in ckpt.get("data", {}):
         raise CheckpointError(f"{unet_path}: the checkpoint does not record its diffusion schedule and data "
                               "(config.diffusion, data.num_classes); it cannot be sampled")
     classifier = None
-    if classifier_path is not None and scale > 0:
+    if classifier_path is not None and scale > 0 and not free:
         classifier, cck = load_model(classifier_path, kind="classifier", device=device)
         check_same_schedule(cfg, cck["diffusion"], unet_path, Path(classifier_path))
     schedule = build_schedule(cfg["diffusion"]["noise_schedule"], cfg["diffusion"]["diffusion_steps"], sc.respacing)
@@ -102,12 +119,37 @@ def sample(unet_path: str | Path, out_dir: str | Path, sc: SampleConfig, scale: 
     shape = (model.in_channels, model.image_size, model.image_size)
     name = output_name(sc, scale)
     chunk_dir = out_dir / f".{name}.chunks"
+    key = {"unet": sha256_file(unet_path), "scale": scale,
+           "classifier": sha256_file(classifier_path) if classifier is not None else None,
+           **sc.model_dump(mode="json", exclude={"batch_size", "device", "nproc"})}
+
+    def make_batch(indices: np.ndarray, labels: np.ndarray) -> torch.Tensor:
+        y = torch.from_numpy(labels).to(device)
+        return _sample_batch(model, classifier, schedule, sc, scale, indices, y, shape, device)
+
+    n_chunks, extra = generate_chunks(chunk_dir, key, sc, lambda idx: requested_labels(sc.labels, idx, num_classes,
+                                                                                      sc.seed),
+                                      make_batch, world, progress)
+    world.on_main(lambda: _assemble(out_dir, name, chunk_dir, n_chunks, sc, scale, unet_path, classifier_path,
+                                    cfg, extra), "assembling the samples")
+    return SampleRun(out_dir / f"{name}.npz", out_dir / f"{name}.png", out_dir / f"{name}.json")
+
+
+def generate_chunks(chunk_dir: Path, key: dict[str, Any], sc: SampleConfig,
+                    labels_of: Callable[[np.ndarray], np.ndarray],
+                    make_batch: Callable[[np.ndarray, np.ndarray], torch.Tensor],
+                    world, progress: Bar = SILENT) -> tuple[int, dict[str, Any]]:
+    """Generate the missing chunks of samples 0..sc.num_samples-1 into `chunk_dir`: one atomic npz per
+    `sc.chunk_size` samples, made in batches of `sc.batch_size`, dealt out over the ranks of `world`.
+    Returns (number of chunks, timing / world_size / chunks_reused for the sample JSON).
+
+    labels_of(indices) -> the labels of those samples; make_batch(indices, labels) -> images in [-1, 1].
+    Chunks left by an interrupted run with the same `key` are kept; another key starts afresh.
+    """
     n_chunks = (sc.num_samples + sc.chunk_size - 1) // sc.chunk_size
 
     def claim() -> list[int]:
-        _claim_chunks(chunk_dir, {"unet": sha256_file(unet_path), "scale": scale,
-                                  "classifier": sha256_file(classifier_path) if classifier is not None else None,
-                                  **sc.model_dump(mode="json", exclude={"batch_size", "device", "nproc"})})
+        _claim_chunks(chunk_dir, key)
         return [c for c in range(n_chunks) if not (chunk_dir / f"{c:05d}.npz").exists()]
 
     missing = world.on_main(claim, "the chunk check")
@@ -117,21 +159,26 @@ def sample(unet_path: str | Path, out_dir: str | Path, sc: SampleConfig, scale: 
     for c in missing[world.rank :: world.size]:  # dealt out over the ranks
         lo = c * sc.chunk_size
         idx = np.arange(lo, lo + _chunk_len(sc, c))
-        images, labels = [], requested_labels(sc.labels, idx, num_classes, sc.seed)
+        images, labels = [], labels_of(idx)
         for b in range(0, len(idx), sc.batch_size):
             bi = idx[b : b + sc.batch_size]
-            y = torch.from_numpy(labels[b : b + sc.batch_size]).to(device)
-            x = _sample_batch(model, classifier, schedule, sc, scale, bi, y, shape, device)
-            images.append(to_uint8(x))
+            images.append(to_uint8(make_batch(bi, labels[b : b + sc.batch_size])))
             generated += len(bi)
             progress.advance(len(bi) * world.size)  # rank 0's bar: its share, scaled to the job
         write_samples(chunk_dir / f"{c:05d}.npz", np.concatenate(images), labels)
     generated = int(world.all_reduce_sum(torch.tensor([generated], dtype=torch.float64)).item())
     timing = {"seconds_per_image": (time.perf_counter() - t0) / generated} if generated else {}
-    extra = {**timing, "world_size": world.size, "chunks_reused": reused}
-    world.on_main(lambda: _assemble(out_dir, name, chunk_dir, n_chunks, sc, scale, unet_path, classifier_path,
-                                    cfg, extra), "assembling the samples")
-    return SampleRun(out_dir / f"{name}.npz", out_dir / f"{name}.png", out_dir / f"{name}.json")
+    return n_chunks, {**timing, "world_size": world.size, "chunks_reused": reused}
+
+
+def assemble_chunks(chunk_dir: Path, n_chunks: int, npz: Path, num_samples: int) -> np.ndarray:
+    """Chunks -> one npz, streamed (one chunk in memory at a time); returns the labels."""
+    chunks = [chunk_dir / f"{c:05d}.npz" for c in range(n_chunks)]
+    first, _ = read_samples(chunks[0])
+    with sample_writer(npz, num_samples, first.shape[1:]) as w:
+        for path in chunks:
+            w.append(*read_samples(path))
+    return np.concatenate(w.labels)
 
 
 def sample_images(unet_path: str | Path, sc: SampleConfig, indices: np.ndarray, labels: np.ndarray | None = None,
@@ -173,12 +220,16 @@ def _chunk_len(sc: SampleConfig, c: int) -> int:
 
 
 def _sample_batch(model, classifier, schedule, sc: SampleConfig, scale: float, indices: np.ndarray,
-                  y: torch.Tensor, shape: tuple, device) -> torch.Tensor:
+                  y: torch.Tensor, shape: tuple, device, model_kwargs: dict | None = None) -> torch.Tensor:
+    """`model_kwargs`: extra per-sample network inputs (the upsampler's `low_res`), fixed over the steps."""
     conditional = model.num_classes is not None
+    extra = model_kwargs or {}
 
     def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return model(x_t, t, y if conditional else None)
+        return model(x_t, t, y=y if conditional else None, **extra)
 
+    if sc.guidance == "free":  # classifier-free: the model function itself is guided
+        model_fn = classifier_free_guidance(lambda x_t, t, labels: model(x_t, t, labels), y, model.null_label, scale)
     cond_fn = None
     if classifier is not None:
         if (y < 0).any():
@@ -195,18 +246,14 @@ def _sample_batch(model, classifier, schedule, sc: SampleConfig, scale: float, i
 
 def _assemble(out_dir: Path, name: str, chunk_dir: Path, n_chunks: int, sc: SampleConfig, scale: float,
               unet_path: Path, classifier_path, cfg: dict, extra: dict) -> None:
-    """Chunks -> one npz, streamed (one chunk in memory at a time), then the JSON and the grid."""
-    chunks = [chunk_dir / f"{c:05d}.npz" for c in range(n_chunks)]
-    first, _ = read_samples(chunks[0])
+    """Chunks -> one npz (streamed), then the JSON and the grid."""
     npz = out_dir / f"{name}.npz"
-    with sample_writer(npz, sc.num_samples, first.shape[1:]) as w:
-        for path in chunks:
-            w.append(*read_samples(path))
-    labels = np.concatenate(w.labels)
+    labels = assemble_chunks(chunk_dir, n_chunks, npz, sc.num_samples)
     meta: dict[str, Any] = {
         "sampler": sc.sampler, "respacing": sc.respacing, "steps": _num_steps(cfg, sc), "eta": sc.eta,
-        "scale": scale, "num_samples": w.count, "seed": sc.seed, "labels": sc.labels,
-        "unet": str(unet_path), "classifier": str(classifier_path) if classifier_path and scale > 0 else None,
+        "scale": scale, "guidance": sc.guidance, "num_samples": len(labels), "seed": sc.seed, "labels": sc.labels,
+        "unet": str(unet_path),
+        "classifier": str(classifier_path) if classifier_path and scale > 0 and sc.guidance == "classifier" else None,
         "sample_config": sc.model_dump(mode="json"), "config": cfg, **extra,
     }
     write_json(out_dir / f"{name}.json", meta)

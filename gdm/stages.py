@@ -65,8 +65,12 @@ def runs(cfg: Config) -> Path:
     return Path(cfg.pipeline.runs_dir)
 
 
-def unet_dir(cfg: Config, variant: str) -> Path:
-    return runs(cfg) / variant / "unet"
+def unet_dir(cfg: Config, variant: str, low_res: bool = False) -> Path:
+    return runs(cfg) / variant / ("unet-low" if low_res else "unet")
+
+
+def classifier_dir(cfg: Config, low_res: bool = False) -> Path:
+    return runs(cfg) / ("classifier-low" if low_res else "classifier")
 
 
 def prepare(cfg: Config, progress: bool = True) -> Path:
@@ -131,34 +135,37 @@ def variant_tags(cfg: Config, variant: str) -> dict[str, str]:
 
 def train(cfg: Config, variant: str, *, out: Path | None = None, resume: bool = True, progress: bool = True,
           restart_on_mismatch: bool = False, on_log: OnLog | None = None,
-          parent_run_id: str | None = None, move_aliases: bool = False) -> dict[str, Any]:
+          parent_run_id: str | None = None, move_aliases: bool = False, low_res: bool = False) -> dict[str, Any]:
     """Stage `train@<variant>`: the diffusion UNet of one variant. The run logs an MLflow pyfunc model
     (`mlflow.pyfunc.load_model(...)` samples images); a pipeline run (`move_aliases`) registers it as a
     version of `gdm-unet-<variant>` and points `tracking.aliases` at it. With `train.nproc` > 1 the
-    stage re-launches itself through torchrun (gdm.launch)."""
+    stage re-launches itself through torchrun (gdm.launch). With `low_res`: stage `train-low@<variant>`,
+    the same model at the upsampler's low resolution (the base of the upsampling study), registered as
+    `gdm-unet-<variant>-low`."""
     from gdm import distributed, launch
     from gdm.train.diffusion import train_diffusion
 
-    vcfg = variant_config(cfg, variant)
-    out = Path(out) if out else unet_dir(cfg, variant)
+    vcfg = cfg.low_res(variant) if low_res else variant_config(cfg, variant)
+    stage, suffix = ("train-low", "-low") if low_res else ("train", "")
+    out = Path(out) if out else unet_dir(cfg, variant, low_res)
     if launch.wanted(vcfg.train.nproc):
         args = ["--variant", variant, "--out", str(out), "--resume" if resume else "--no-resume"]
         args += ["--restart-on-mismatch"] * restart_on_mismatch + ["--quiet"] * (not progress)
-        args += ["--register"] * move_aliases
+        args += ["--register"] * move_aliases + ["--low-res"] * low_res
         return launch.run_stage(cfg, "train", args, nproc=vcfg.train.nproc, device=vcfg.train.device,
                                 parent_run_id=parent_run_id)
     world = distributed.init(vcfg.train.device)
     cfg_file = write_config(vcfg, out) if world.is_main else out / "config.yaml"
-    with tracked(vcfg, "train", f"train@{variant}", parent_run_id, system_metrics=True) as run:
+    with tracked(vcfg, stage, f"{stage}@{variant}", parent_run_id, system_metrics=True) as run:
         run.log_params(vcfg.flat())
         run.set_tags(variant_tags(cfg, variant))
-        with progress_bar(f"train {variant}", vcfg.train.steps, enabled=progress and world.is_main) as bar:
+        with progress_bar(f"{stage} {variant}", vcfg.train.steps, enabled=progress and world.is_main) as bar:
             result = train_diffusion(vcfg, dataset_dir(cfg), out, resume=resume, progress=bar,
                                      restart_on_mismatch=restart_on_mismatch, on_log=_log_rows(run, on_log))
         for f in (cfg_file, out / "metrics.csv"):
             run.log_artifact(f, "files")
         run.log_sampler_model(Path(result["model"]), "model", vcfg.sample)
-        result["model_version"] = _register(vcfg, run, f"{cfg.tracking.unet_model_name}-{variant}", "model",
+        result["model_version"] = _register(vcfg, run, f"{cfg.tracking.unet_model_name}-{variant}{suffix}", "model",
                                             move_aliases)
         result["mlflow_run_id"] = run.id
     launch.report(result)
@@ -167,44 +174,49 @@ def train(cfg: Config, variant: str, *, out: Path | None = None, resume: bool = 
 
 def train_classifier(cfg: Config, *, out: Path | None = None, resume: bool = True, progress: bool = True,
                      restart_on_mismatch: bool = False, on_log: OnLog | None = None,
-                     parent_run_id: str | None = None, move_aliases: bool = False) -> dict[str, Any]:
-    """Stage `train-classifier`: the noisy classifier used for guidance."""
+                     parent_run_id: str | None = None, move_aliases: bool = False,
+                     low_res: bool = False) -> dict[str, Any]:
+    """Stage `train-classifier`: the noisy classifier used for guidance (`train-classifier-low` with
+    `low_res`: at the upsampler's low resolution, to guide the low-resolution base models)."""
     from gdm import distributed, launch
     from gdm.train.classifier import train_classifier as run_training
 
-    out = Path(out) if out else runs(cfg) / "classifier"
+    name = "train-classifier-low" if low_res else "train-classifier"
+    model_name = cfg.tracking.classifier_model_name + ("-low" if low_res else "")
+    out = Path(out) if out else classifier_dir(cfg, low_res)
     tc = cfg.classifier_train
     if launch.wanted(tc.nproc):
         args = ["--out", str(out), "--resume" if resume else "--no-resume"]
         args += ["--restart-on-mismatch"] * restart_on_mismatch + ["--quiet"] * (not progress)
-        args += ["--register"] * move_aliases
+        args += ["--register"] * move_aliases + ["--low-res"] * low_res
         return launch.run_stage(cfg, "train-classifier", args, nproc=tc.nproc, device=tc.device,
                                 parent_run_id=parent_run_id)
+    cfg = cfg.low_res(None) if low_res else cfg
     world = distributed.init(tc.device)
     cfg_file = write_config(cfg, out) if world.is_main else out / "config.yaml"
-    with tracked(cfg, "train-classifier", "train-classifier", parent_run_id, system_metrics=True) as run:
+    with tracked(cfg, name, name, parent_run_id, system_metrics=True) as run:
         run.log_params(cfg.flat())
-        with progress_bar("train-classifier", tc.steps, enabled=progress and world.is_main) as bar:
+        with progress_bar(name, tc.steps, enabled=progress and world.is_main) as bar:
             result = run_training(cfg, dataset_dir(cfg), out, resume=resume, progress=bar,
                                   restart_on_mismatch=restart_on_mismatch, on_log=_log_rows(run, on_log))
         for f in (Path(result["model"]), cfg_file, out / "metrics.csv"):
             run.log_artifact(f, "model")
-        result["model_version"] = _register(cfg, run, cfg.tracking.classifier_model_name, "model", move_aliases)
+        result["model_version"] = _register(cfg, run, model_name, "model", move_aliases)
         result["mlflow_run_id"] = run.id
     launch.report(result)
     return result
 
 
-def classifier_path(cfg: Config) -> Path:
+def classifier_path(cfg: Config, low_res: bool = False) -> Path:
     from gdm.train.classifier import MODEL_FILE
 
-    return runs(cfg) / "classifier" / MODEL_FILE
+    return classifier_dir(cfg, low_res) / MODEL_FILE
 
 
-def unet_path(cfg: Config, variant: str) -> Path:
+def unet_path(cfg: Config, variant: str, low_res: bool = False) -> Path:
     from gdm.train.diffusion import MODEL_FILE
 
-    return unet_dir(cfg, variant) / MODEL_FILE
+    return unet_dir(cfg, variant, low_res) / MODEL_FILE
 
 
 SMALL_NPZ = 8 << 20  # sample files up to this size are logged to MLflow as artifacts
@@ -214,27 +226,28 @@ def sample(cfg: Config, variant: str, scale: float, *, unet: Path | None = None,
            out: Path | None = None, progress: bool = True, parent_run_id: str | None = None):
     """Stage `sample@<variant>-<sampler>-<scale>`: samples of one variant at one guidance scale."""
     from gdm import distributed, launch
-    from gdm.pipeline import sample_dir, scale_tag
+    from gdm.pipeline import sample_dir, sample_stage_prefix, scale_tag
     from gdm.sampling import SampleRun
     from gdm.sampling import sample as run_sampling
 
     unet = Path(unet) if unet else unet_path(cfg, variant)
-    if classifier is None and scale > 0:
+    kind = cfg.sample.guidance
+    if classifier is None and scale > 0 and kind == "classifier":
         classifier = classifier_path(cfg)
-    out = Path(out) if out else Path(sample_dir(cfg, variant, cfg.sample.sampler, scale))
-    if launch.wanted(cfg.sample.nproc):
+    out = Path(out) if out else Path(sample_dir(cfg, variant, cfg.sample.sampler, scale, kind))
+    if launch.wanted(cfg.sample.nproc):  # the resolved config (sample.guidance included) travels as the params file
         args = ["--variant", variant, "--scale", repr(float(scale)), "--unet", str(unet), "--out", str(out)]
         args += ["--classifier", str(classifier)] * (classifier is not None) + ["--quiet"] * (not progress)
         r = launch.run_stage(cfg, "sample", args, nproc=cfg.sample.nproc, device=cfg.sample.device,
                              parent_run_id=parent_run_id)
         return SampleRun(Path(r["npz"]), Path(r["grid"]), Path(r["meta"]))
     world = distributed.init(cfg.sample.device)
-    name = f"sample@{variant}-{cfg.sample.sampler}-{scale_tag(scale)}"
+    name = f"{sample_stage_prefix(kind)}@{variant}-{cfg.sample.sampler}-{scale_tag(scale)}"
     with tracked(cfg, "sample", name, parent_run_id) as run:
         run.log_params({f"sample.{k}": v for k, v in cfg.sample.model_dump(mode="json").items()})
         run.log_params({"sample.scale": scale, "gdm.variant": variant})
-        run.set_tags(variant_tags(cfg, variant))
-        with progress_bar(f"sample {variant} scale {scale:g}", cfg.sample.num_samples,
+        run.set_tags({**variant_tags(cfg, variant), "gdm.guidance": kind})
+        with progress_bar(f"sample {variant} {kind} scale {scale:g}", cfg.sample.num_samples,
                           enabled=progress and world.is_main) as bar:
             result = run_sampling(unet, out, cfg.sample, scale, classifier_path=classifier, progress=bar)
         if world.is_main:
@@ -284,9 +297,12 @@ def _sample_meta(samples: Path) -> dict[str, Any]:
 
 
 def _variant_of(samples: Path) -> str | None:
-    """`<runs>/<variant>/samples/<sampler>-<scale>[/file.npz]` -> variant (None elsewhere)."""
+    """`<runs>/<variant>/samples[-up]/<sampler>-<scale>[/file.npz]` -> variant (None elsewhere)."""
     parts = Path(samples).parts
-    return parts[parts.index("samples") - 1] if "samples" in parts[1:] else None
+    for d in ("samples", "samples-up"):
+        if d in parts[1:]:
+            return parts[parts.index(d) - 1]
+    return None
 
 
 def guidance_kind(meta: dict[str, Any], scale: float) -> str:
@@ -294,12 +310,13 @@ def guidance_kind(meta: dict[str, Any], scale: float) -> str:
     return str(meta.get("guidance") or ("classifier" if scale > 0 else "none"))
 
 
-def run_label(variant: str, sampler: str, respacing: str, scale: float) -> str:
-    """`cond/ddim25/scale2.0`: the evaluate run's name, unique per scored result."""
+def run_label(variant: str, sampler: str, respacing: str, scale: float, guidance: str = "classifier") -> str:
+    """`cond/ddim25/scale2.0`: the evaluate run's name, unique per scored result (classifier-free guidance:
+    `cfg/ddim25/free2.0`)."""
     from gdm.pipeline import scale_tag
 
     steps = respacing if str(respacing).startswith(sampler) else f"{sampler}{respacing}"
-    return f"{variant}/{steps}/scale{scale_tag(scale)}"
+    return f"{variant}/{steps}/{'free' if guidance == 'free' else 'scale'}{scale_tag(scale)}"
 
 
 def evaluation_params(cfg: Config, variant: str | None, meta: dict[str, Any]) -> dict[str, Any]:
@@ -348,12 +365,23 @@ def evaluate(cfg: Config, samples: Path, *, reference: Path | None = None, out: 
     reference = reference or dataset_dir(cfg)
     evaluator = evaluator or (evaluator_path(cfg) if cfg.eval.features == "evaluator" else None)
     meta = _sample_meta(Path(samples))
+    upsampled = meta.get("stage") == "upsample"  # a two-stage result: its base stage says how it was sampled
+    if upsampled:
+        meta = {**(meta.get("base") or {}), "upsample": {k: meta.get(k) for k in ("upsampler", "sampler", "respacing",
+                                                                                "low_resolution", "resolution")}}
     variant = variant or _variant_of(Path(samples))
     if scale is not None:
         meta.setdefault("scale", float(scale))
     scale = float(meta.get("scale", 0.0))
     params = evaluation_params(cfg, variant, meta)
-    name = run_label(variant or "unknown", params["sample.sampler"] or "?", params["sample.respacing"] or "?", scale)
+    if upsampled:
+        params.update({"sample.upsample_sampler": meta["upsample"]["sampler"],
+                       "sample.upsample_respacing": meta["upsample"]["respacing"],
+                       "upsampler.low_resolution": meta["upsample"]["low_resolution"]})
+        tags = {"gdm.upsampled": "true", **(tags or {})}
+    label = f"{variant or 'unknown'}/upsampled" if upsampled else variant or "unknown"
+    name = run_label(label, params["sample.sampler"] or "?", params["sample.respacing"] or "?", scale,
+                     params["sample.guidance"])
     with tracked(cfg, "evaluate", name, parent_run_id) as run:
         metrics = evaluate_file(cfg, samples, reference, evaluator=evaluator, require_accuracy=require_accuracy)
         run.log_params(params)

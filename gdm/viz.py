@@ -90,19 +90,25 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def save_tradeoff_plot(rows: list[dict], path: str | Path) -> Path:
-    """Guidance trade-off across scales: FID vs IS and precision vs recall, one line per variant/sampler."""
+    """Guidance trade-off across scales: FID vs IS, precision vs recall and accuracy vs scale, one line per
+    variant/sampler/guidance kind (classifier guidance solid, classifier-free dashed), on the same axes."""
     plt = _pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4), dpi=100)
     groups: dict[str, list[dict]] = {}
     for r in rows:
-        groups.setdefault(f"{r['variant']} {r['sampler']}", []).append(r)
+        kind = r.get("guidance", "classifier")
+        groups.setdefault(f"{r['variant']} {r['sampler']} {kind}", []).append(r)
     for name, rs in groups.items():
         rs = sorted(rs, key=lambda r: r["scale"])
+        style = "--" if name.endswith(" free") else "-"
+        accs = [(r["scale"], r["accuracy"]) for r in rs if r.get("accuracy") is not None]
+        if accs:
+            a3.plot([p[0] for p in accs], [p[1] for p in accs], style, marker="o", label=name)
         for ax, xk, yk in ((a1, "is", "fid"), (a2, "recall", "precision")):
             pts = [(r[xk], r[yk], r["scale"]) for r in rs if r.get(xk) is not None and r.get(yk) is not None]
             if not pts:
                 continue
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=name)
             for x, y, s in pts:
                 ax.annotate(f"{s:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
     a1.set_xlabel("Inception Score (evaluator logits)")
@@ -111,7 +117,10 @@ def save_tradeoff_plot(rows: list[dict], path: str | Path) -> Path:
     a2.set_xlabel("recall")
     a2.set_ylabel("precision")
     a2.set_title("precision vs recall across guidance scales")
-    for ax in (a1, a2):
+    a3.set_xlabel("guidance scale (classifier: s, classifier-free: w)")
+    a3.set_ylabel("accuracy on requested labels")
+    a3.set_title("accuracy vs guidance scale")
+    for ax in (a1, a2, a3):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -13,7 +13,10 @@ TINY = {
     "train": {"steps": 6, "batch_size": 16, "checkpoint_every": 3, "log_every": 1, "device": "cpu"},
     "classifier_train": {"steps": 4, "batch_size": 16, "checkpoint_every": 2, "eval_every": 4, "log_every": 1,
                          "device": "cpu"},
-    "sample": {"respacing": "5", "num_samples": 6, "batch_size": 4, "chunk_size": 4, "device": "cpu"},
+    "sample": {"respacing": "5", "num_samples": 6, "batch_size": 4, "chunk_size": 4, "device": "cpu",
+               "upsample_sampler": "ddim", "upsample_respacing": "5"},
+    "upsampler": {"low_resolution": 4},
+    "upsampler_train": {"steps": 6, "batch_size": 16, "checkpoint_every": 3, "log_every": 1, "device": "cpu"},
 }
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ("prepare", "train", "train-classifier", "train-evaluator", "sample", "evaluate", "report",
+COMMANDS = ("prepare", "train", "train-classifier", "train-upsampler", "train-evaluator", "sample", "evaluate", "report",
             "presets", "import-adm", "config", "stages")
 
 

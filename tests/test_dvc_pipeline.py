@@ -39,8 +39,10 @@ def tiny_params() -> dict:
                                  device="cpu")
     p["evaluator"]["steps"] = 30
     p["sample"].update(num_samples=8, batch_size=8, chunk_size=8, respacing="5", scales=list(SCALES),
-                       device="cpu")
-    p["pipeline"].update(models={"cond": {}}, samplers=["ddim"], baseline="base",
+                       device="cpu", upsample_respacing="5")
+    p["upsampler_train"].update(steps=4, batch_size=16, checkpoint_every=4, log_every=1, device="cpu")
+    p["pipeline"].update(models={"cond": {}}, samplers=["ddim"], baseline="base", free_guidance=[],
+                         upsampling_models=["cond"],
                          ablations={"base": {}, "biggan": {"unet.resblock_updown": True}})
     p["tracking"]["enabled"] = False  # switched on for one forced stage at the end
     return p
@@ -146,6 +148,14 @@ def test_repro_writes_every_output(project):
         assert list((r / f"runs/{a}/samples/ddim-0.0").glob("*.npz")), a
         assert (r / f"runs/ablation-eval/{a}-ddim-0.0.json").is_file(), a
     assert (r / "reports/tradeoff.png").is_file() and (r / "reports/ablation.png").is_file()
+    # the upsampling study: low-res model and classifier, upsampler, two-stage samples, Table-5 rows
+    for f in ("runs/cond/unet-low/model.pt", "runs/classifier-low/classifier.pt", "runs/upsampler/model.pt"):
+        assert (r / f).is_file(), f
+    for scale in SCALES:
+        assert len(list((r / f"runs/cond/samples-up/ddim-{scale}").glob("*.npz"))) == 1
+        assert len(list((r / f"runs/cond/samples-up/ddim-{scale}/low").glob("*.npz"))) == 1
+    table = json.loads((r / "reports/upsampling.json").read_text())["table5"]
+    assert [row["row"] for row in table] == ["ADM", "ADM-G", "ADM-U", "ADM-G + ADM-U"]
 
 
 def test_summary_has_one_row_per_variant_sampler_scale(project):
@@ -170,8 +180,9 @@ def test_ablation_report_has_delta_fid_against_the_baseline(project):
 
 def test_every_stage_ran_once(project):
     lock = yaml.safe_load((project.root / "dvc.lock").read_text())["stages"]
-    expected = {"prepare", "train-classifier", "train-evaluator", "train@cond", "report", "ablation-report"}
-    expected |= {f"{k}@cond-ddim-{s}" for k in ("sample", "evaluate") for s in SCALES}
+    expected = {"prepare", "train-classifier", "train-evaluator", "train@cond", "report", "ablation-report",
+                "train-upsampler", "train-classifier-low", "train-low@cond", "upsampling-report"}
+    expected |= {f"{k}@cond-ddim-{s}" for k in ("sample", "evaluate", "sample-up", "evaluate-up") for s in SCALES}
     expected |= {f"{k}@{a}" for k in ("train-ablation", "sample-ablation", "evaluate-ablation")
                  for a in ABLATIONS}
     assert set(lock) == expected
@@ -196,7 +207,8 @@ def test_metrics_show_lists_fid_per_eval_file(project):
 def test_params_invalidate_only_the_stages_that_list_them(project):
     assert project.status_tracking == {}
     changed = set(project.status_sample_seed)
-    assert changed == {f"sample@cond-ddim-{s}" for s in SCALES} | {f"sample-ablation@{a}" for a in ABLATIONS}
+    assert changed == ({f"sample@cond-ddim-{s}" for s in SCALES} | {f"sample-up@cond-ddim-{s}" for s in SCALES}
+                       | {f"sample-ablation@{a}" for a in ABLATIONS})
 
 
 # ------------------------------------------------------------------------------------- MLflow

@@ -122,13 +122,23 @@ def test_repo_dvc_yaml_matches_stage_graph():
     names = set(dvc_stages(ROOT))
     cfg = load_config(ROOT / "params.yaml")
     p = cfg.pipeline
-    n_grid = len(p.models) * len(p.samplers) * len(cfg.sample.scales)
-    assert len(names) == 3 + len(p.models) + 2 * n_grid + 1 + 3 * len(p.ablations) + 1
-    assert {"prepare", "report", "ablation-report", "train@cond", "sample@cond-ddim-1.0"} <= names
+    n_grid = (len(p.models) + len(p.free_guidance)) * len(p.samplers) * len(cfg.sample.scales)
+    assert p.free_guidance, "the repo's params.yaml sweeps classifier-free guidance"
+    n_up = len(p.upsampling_models)
+    n_upsampling = 2 + n_up + 2 * n_up * len(p.samplers) * len(cfg.sample.scales) + 1
+    assert p.upsampling_models, "the repo's params.yaml runs the upsampling study"
+    assert len(names) == 3 + len(p.models) + 2 * n_grid + 1 + n_upsampling + 3 * len(p.ablations) + 1
+    up = p.upsampling_models[0]
+    assert {"train-upsampler", "train-classifier-low", f"train-low@{up}", f"sample-up@{up}-ddim-1.0",
+            f"evaluate-up@{up}-ddim-1.0", "upsampling-report"} <= names
+    assert {"prepare", "report", "ablation-report", "train@cond", "sample@cond-ddim-1.0",
+            f"sample-free@{p.free_guidance[0]}-ddim-1.0", f"evaluate-free@{p.free_guidance[0]}-ddim-1.0"} <= names
 
 
 def _small(p: dict) -> dict:
     p["pipeline"]["models"] = {"cond": {}}
+    p["pipeline"]["free_guidance"] = []  # no classifier-free sweep: its matrix expands to nothing
+    p["pipeline"]["upsampling_models"] = []  # nor low-res models: the upsampler and its classifier remain
     p["sample"]["scales"] = [0.0, 1.0]
     p["pipeline"]["ablations"] = {"base": {}, "biggan": {"unet.resblock_updown": True}}
     return p
@@ -142,7 +152,11 @@ def _renamed_paths(p: dict) -> dict:
     p["pipeline"]["samplers"] = ["ddim", "ddpm"]
     p["sample"]["sampler"] = "ddpm"
     p["sample"]["scales"] = [0.25, 10.0]
-    p["pipeline"]["models"] = {"uncond": {"unet.num_classes": None}, "wide": {"unet.model_channels": 64}}
+    p["pipeline"]["models"] = {"uncond": {"unet.num_classes": None}, "wide": {"unet.model_channels": 64},
+                               "drop": {"unet.class_dropout": 0.2}}
+    p["pipeline"]["free_guidance"] = ["drop"]
+    p["pipeline"]["upsampling_models"] = ["uncond", "drop"]
+    p["upsampler"]["low_resolution"] = 4
     p["pipeline"]["ablations"] = {"a1": {}, "a2": {"unet.num_heads": 2}}
     p["pipeline"]["baseline"] = "a2"
     return p
@@ -162,10 +176,14 @@ def test_expansion_agrees_beyond_defaults(tmp_path, edit):
             "evaluate@cond-ddim-0.0", "evaluate@cond-ddim-1.0", "report",
             "train-ablation@base", "train-ablation@biggan", "sample-ablation@base",
             "sample-ablation@biggan", "evaluate-ablation@base", "evaluate-ablation@biggan",
-            "ablation-report",
+            "ablation-report", "train-upsampler", "train-classifier-low", "upsampling-report",
         }
     else:
         assert "evaluate@wide-ddpm-10.0" in names and "sample-ablation@a2" in names
+        assert "evaluate-free@drop-ddpm-10.0" in names and "sample-free@wide-ddpm-10.0" not in names
+        assert dvc_stages(root)["sample-free@drop-ddim-0.25"]["outs"] == {"out/runs/drop/samples/ddim-free-0.25"}
+        assert dvc_stages(root)["sample-up@uncond-ddpm-10.0"]["outs"] == {"out/runs/uncond/samples-up/ddpm-10.0"}
+        assert "train-low@drop" in names and "train-low@wide" not in names
         assert dvc_stages(root)["sample-ablation@a2"]["outs"] == {"out/runs/a2/samples/ddpm-0.0"}
 
 
@@ -178,6 +196,10 @@ MUTATIONS = {
     "out-path": ("${pipeline.runs_dir}/evaluator/evaluator.pt\n    metrics", "${pipeline.runs_dir}/evaluator/eval.pt\n    metrics",
                  "train-evaluator.outs"),
     "param-dropped": ("      - classifier_train\n", "", "train-classifier.params"),
+    "upsample-flag-dropped": ("      --upsample ${pipeline.runs_dir}/upsampler/model.pt\n", "", "sample-up@"),
+    "low-res-param-dropped": ("        - pipeline.models.${item}\n        - upsampler.low_resolution\n",
+                              "        - pipeline.models.${item}\n", "train-low@cond.params"),
+    "free-flag-dropped": ("--sampler ${item.sampler} --guidance free", "--sampler ${item.sampler}", "sample-free@"),
     "stage-renamed": ("  evaluate-ablation:\n", "  eval-ablation:\n", "only in dvc.yaml"),
     "plot-uncached": ("${pipeline.reports_dir}/ablation.png:\n          cache: false",
                       "${pipeline.reports_dir}/ablation.png:\n          cache: true", "need cache: false"),

@@ -48,10 +48,17 @@ def _print_result(title: str, result: dict) -> None:
         c.print(f"  {k}: {v:.4g}" if isinstance(v, float) else f"  {k}: {v}")
 
 
+LowResOpt = typer.Option(
+    False, "--low-res",
+    help="Train at upsampler.low_resolution (the dataset area-downsampled on the fly, plus "
+         "pipeline.low_res_overrides): the low-resolution base of the upsampling study (runs/<variant>/unet-low).")
+
+
 @app.command()
 def train(params: ParamsOpt = "params.yaml", set_: SetOpt = None, variant: str = VariantOpt,
           out: Path | None = OutOpt, resume: bool = ResumeOpt, restart_on_mismatch: bool = MismatchOpt,
-          register: bool = RegisterOpt, nproc: int | None = NprocOpt, quiet: QuietOpt = False) -> None:
+          low_res: bool = LowResOpt, register: bool = RegisterOpt, nproc: int | None = NprocOpt,
+          quiet: QuietOpt = False) -> None:
     """Train the diffusion UNet of one variant (EMA, mixed precision, atomic checkpoints, exact resume).
 
     Data parallel: `gdm train --nproc N` on one host, or `torchrun ... -m gdm train` across hosts.
@@ -60,13 +67,30 @@ def train(params: ParamsOpt = "params.yaml", set_: SetOpt = None, variant: str =
 
     cfg = config_from(params, _nproc(set_, "train", nproc))
     result = stages.train(cfg, variant, out=out, resume=resume, progress=not quiet,
-                          restart_on_mismatch=restart_on_mismatch, move_aliases=register)
-    _print_result(f"train {variant}", result)
+                          restart_on_mismatch=restart_on_mismatch, move_aliases=register, low_res=low_res)
+    _print_result(f"train {variant}{' (low-res)' if low_res else ''}", result)
+
+
+@app.command("train-upsampler")
+def train_upsampler(params: ParamsOpt = "params.yaml", set_: SetOpt = None, out: Path | None = OutOpt,
+                    resume: bool = ResumeOpt, restart_on_mismatch: bool = MismatchOpt,
+                    register: bool = RegisterOpt, nproc: int | None = NprocOpt, quiet: QuietOpt = False) -> None:
+    """Train the ADM-U upsampler (sections upsampler + upsampler_train) on (low-res, full-res) pairs of the
+    dataset: the low-res input is the image area-downsampled to upsampler.low_resolution, as in the reference.
+    Same trainer as `gdm train`: EMA, mixed precision, atomic checkpoints, exact resume, data parallel."""
+    from gdm import stages_upsampling
+
+    cfg = config_from(params, _nproc(set_, "upsampler_train", nproc))
+    result = stages_upsampling.train_upsampler(cfg, out=out, resume=resume, progress=not quiet,
+                                               restart_on_mismatch=restart_on_mismatch, move_aliases=register)
+    _print_result("train-upsampler", result)
 
 
 @app.command("train-classifier")
 def train_classifier(params: ParamsOpt = "params.yaml", set_: SetOpt = None, out: Path | None = OutOpt,
                      resume: bool = ResumeOpt, restart_on_mismatch: bool = MismatchOpt,
+                     low_res: bool = typer.Option(False, "--low-res", help="At upsampler.low_resolution, to guide "
+                                                  "the low-res base models (runs/classifier-low)."),
                      register: bool = RegisterOpt, nproc: int | None = NprocOpt,
                      quiet: QuietOpt = False) -> None:
     """Train the noisy classifier on x_t (same schedule as the diffusion model); accuracy per t-quartile."""
@@ -74,8 +98,8 @@ def train_classifier(params: ParamsOpt = "params.yaml", set_: SetOpt = None, out
 
     cfg = config_from(params, _nproc(set_, "classifier_train", nproc))
     result = stages.train_classifier(cfg, out=out, resume=resume, progress=not quiet,
-                                     restart_on_mismatch=restart_on_mismatch, move_aliases=register)
-    _print_result("train-classifier", result)
+                                     restart_on_mismatch=restart_on_mismatch, move_aliases=register, low_res=low_res)
+    _print_result("train-classifier" + ("-low" if low_res else ""), result)
 
 
 @app.command()
@@ -93,20 +117,28 @@ def sample(
     batch_size: int | None = typer.Option(None, "--batch-size", "-b"),
     seed: int | None = typer.Option(None),
     labels: str | None = typer.Option(None, help="random | balanced | a class index."),
+    guidance: str | None = typer.Option(
+        None, help="classifier (ADM, needs --classifier for scales > 0) | free (classifier-free: a UNet trained "
+                   "with unet.class_dropout > 0). Default sample.guidance."),
+    upsample: Path | None = typer.Option(
+        None, "--upsample",
+        help="Two-stage sampling: upsample the base samples with this ADM-U checkpoint (sample.upsample_sampler / "
+             "upsample_respacing). The base then defaults to the variant's low-res model and classifier "
+             "(runs/<variant>/unet-low, runs/classifier-low); the low-res stage is kept in <out>/low."),
     out: Path | None = OutOpt,
     nproc: int | None = NprocOpt,
     quiet: QuietOpt = False,
 ) -> None:
-    """Sample a UNet (EMA weights), optionally classifier-guided, into ADM .npz + labelled PNG grid.
+    """Sample a UNet (EMA weights), optionally guided (classifier or classifier-free), into ADM .npz + labelled PNG grid.
 
     Resumable: rerunning after an interruption generates only the missing chunks (under any number of
     processes: chunks are split over torchrun ranks and the npz is the same).
     """
-    from gdm import stages
+    from gdm import stages, stages_upsampling
 
     overrides = _nproc(set_, "sample", nproc)
     for key, value in (("sampler", sampler), ("respacing", respacing), ("eta", eta), ("num_samples", num_samples),
-                       ("batch_size", batch_size), ("seed", seed), ("labels", labels)):
+                       ("batch_size", batch_size), ("seed", seed), ("labels", labels), ("guidance", guidance)):
         if value is not None:
             overrides.append(f"sample.{key}={value}")
     if scale:
@@ -114,5 +146,10 @@ def sample(
     cfg = config_from(params, overrides)
     c = Console(quiet=not _reports())
     for s in cfg.sample.scales:
+        if upsample is not None:
+            final, low = stages_upsampling.sample_upsampled(cfg, variant, s, unet=unet, upsampler=upsample,
+                                                            classifier=classifier, out=out, progress=not quiet)
+            c.print(f"scale {s:g}: {final.npz}  grid {final.grid}  (low-res stage: {low.npz})")
+            continue
         run = stages.sample(cfg, variant, s, unet=unet, classifier=classifier, out=out, progress=not quiet)
         c.print(f"scale {s:g}: {run.npz}  grid {run.grid}")

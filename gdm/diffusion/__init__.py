@@ -13,7 +13,7 @@ from gdm.diffusion.gaussian import (
     q_sample,
     split_model_output,
 )
-from gdm.diffusion.guidance import classifier_guidance, guidance_active
+from gdm.diffusion.guidance import classifier_free_guidance, classifier_guidance, guidance_active
 from gdm.diffusion.losses import (
     LOSS_TYPES,
     approx_standard_normal_cdf,
@@ -48,6 +48,7 @@ __all__ = [
     "UniformSampler",
     "approx_standard_normal_cdf",
     "build_schedule",
+    "classifier_free_guidance",
     "classifier_guidance",
     "create_timestep_sampler",
     "ddim_sample",

@@ -1,4 +1,8 @@
-"""Classifier guidance (ADM section 4, Algorithms 1 and 2).
+"""Guidance, composed outside the networks and the samplers.
+
+Classifier guidance (ADM section 4, Algorithms 1 and 2) is a `cond_fn`; classifier-free guidance
+(Ho & Salimans 2022) is a model-function wrapper (`classifier_free_guidance`), so any sampler that
+takes a model function samples with it unchanged.
 
 A guidance function is `cond_fn(x_t, t_model) -> s * grad_x log p(y | x_t)` (same shape as x_t,
 float32), called by the samplers with the ORIGINAL timesteps. Composition is free: any model
@@ -40,3 +44,28 @@ def classifier_guidance(classifier_fn, scale: float, y: torch.Tensor):
 
     cond_fn.scale = scale
     return cond_fn
+
+
+def classifier_free_guidance(labelled_model_fn, y: torch.Tensor, null_label: int, scale: float):
+    """model_fn(x_t, t) with eps~ = (1 + w) eps(x_t, y) - w eps(x_t, null)  (Ho & Salimans 2022, eq. 6).
+
+    labelled_model_fn(x, t, y) -> [B, C(, +C learned-variance channels), ...]; y: int64 labels [B];
+    null_label: the label the network was trained to read as "no class" (class dropout); w = scale.
+    Both evaluations run as one batch [x_t; x_t] with labels [y; null]. Only the eps channels (the
+    first C = x_t.shape[1]) are combined; learned-variance channels come from the conditional pass.
+    w = 0 returns the plain conditional model function: bit-identical to unguided conditional sampling.
+    """
+    w = float(scale)
+    if w == 0:
+        return lambda x_t, t: labelled_model_fn(x_t, t, y)
+    null = torch.full_like(y, int(null_label))
+
+    def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        n, c = x_t.shape[0], x_t.shape[1]
+        out = labelled_model_fn(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null]))
+        cond, uncond = out[:n], out[n:]
+        eps = (1 + w) * cond[:, :c] - w * uncond[:, :c]
+        return torch.cat([eps, cond[:, c:]], dim=1)
+
+    model_fn.scale = w
+    return model_fn

@@ -133,6 +133,7 @@ class UNet(nn.Module):
         num_classes: int | None = None,
         attention_order: str = "legacy",
         use_checkpoint: bool = False,
+        class_dropout: float = 0.0,
     ):
         super().__init__()
         channel_mult = tuple(channel_mult)
@@ -140,6 +141,9 @@ class UNet(nn.Module):
         check_architecture(image_size, model_channels, channel_mult, attention_resolutions)
         if num_classes is not None and num_classes < 1:
             raise ConfigError(f"num_classes={num_classes}: expected None or a positive integer")
+        if not 0.0 <= class_dropout < 1.0 or (class_dropout > 0 and num_classes is None):
+            raise ConfigError(f"class_dropout={class_dropout}: expected a probability in [0, 1), and a "
+                              "class-conditional UNet (num_classes set) when it is > 0")
         self.image_size, self.in_channels = image_size, in_channels
         self.out_channels = in_channels * (2 if learn_sigma else 1)
         self.model_channels, self.num_classes = model_channels, num_classes
@@ -155,8 +159,12 @@ class UNet(nn.Module):
         self.time_embed = nn.Sequential(
             nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
+        # Classifier-free guidance (Ho & Salimans 2022): with class_dropout > 0 the trainer replaces y by
+        # the null label `num_classes` with that probability; its embedding is the learned extra row.
+        self.class_dropout = float(class_dropout)
+        self.null_label = num_classes if class_dropout > 0 else None
         if num_classes is not None:
-            self.label_emb = nn.Embedding(num_classes, emb_dim)
+            self.label_emb = nn.Embedding(num_classes + (self.null_label is not None), emb_dim)
 
         self.input_blocks, chans, ch, resolution = build_down_path(
             in_channels=in_channels * self._input_factor, image_size=image_size,
@@ -200,8 +208,10 @@ class UNet(nn.Module):
             if y.shape != (n,) or y.dtype.is_floating_point or y.dtype == torch.bool:
                 raise GdmError(f"labels y must be an integer tensor of shape ({n},), got "
                                f"{tuple(y.shape)} {y.dtype}")
-            if n and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
-                raise GdmError(f"labels y must lie in [0, {self.num_classes}), got values in "
+            hi = self.label_emb.num_embeddings  # num_classes (+1: the null label of classifier-free guidance)
+            if n and (int(y.min()) < 0 or int(y.max()) >= hi):
+                null = f" (label {self.null_label} is the null label)" if self.null_label is not None else ""
+                raise GdmError(f"labels y must lie in [0, {hi}){null}, got values in "
                                f"[{int(y.min())}, {int(y.max())}]")
         w = self.time_embed[0].weight
         with autocast_off(w.device.type):

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from gdm import distributed
 from gdm.config import Config
 from gdm.data.dataset import read_manifest
+from gdm.data.lowres import area_downsample
 from gdm.data.reader import RowReader, StepReader
 from gdm.diffusion import build_schedule, model_timesteps, q_sample, sample_seed
 from gdm.errors import ConfigError
@@ -39,8 +40,9 @@ MODEL_FILE = "classifier.pt"
 
 @torch.no_grad()
 def accuracy_by_quartile(model: torch.nn.Module, schedule, val: RowReader, *, seed: int, batch_size: int = 512,
-                         device: torch.device | str = "cpu") -> list[float]:
-    """Accuracy on q_sample(x0, t) for t drawn uniformly inside each quarter of [0, T) (val streamed in order)."""
+                         device: torch.device | str = "cpu", resolution: int | None = None) -> list[float]:
+    """Accuracy on q_sample(x0, t) for t drawn uniformly inside each quarter of [0, T) (val streamed in order;
+    area-downsampled to `resolution` when given)."""
     T = schedule.num_timesteps
     accs = []
     model.eval()
@@ -49,6 +51,7 @@ def accuracy_by_quartile(model: torch.nn.Module, schedule, val: RowReader, *, se
         lo, hi = q * T // 4, (q + 1) * T // 4
         correct = 0
         for x0, y in val.chunks(batch_size):
+            x0 = area_downsample(x0, resolution) if resolution else x0
             t = torch.randint(lo, max(hi, lo + 1), (len(x0),), generator=g)
             x_t = q_sample(schedule, x0, t, torch.randn(x0.shape, generator=g))
             logits = model(x_t.to(device), model_timesteps(schedule, t).to(device))
@@ -81,7 +84,8 @@ def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, 
     B = train.global_batch_size  # this rank reads rows train.slice of each step's global batch
     pos = range(train.slice.start, train.slice.stop)
     torch.manual_seed(tc.seed)
-    kwargs = classifier_kwargs(cfg.classifier, manifest.resolution, manifest.channels, manifest.num_classes)
+    res = tc.resolution or manifest.resolution  # classifier_train.resolution: the low-res view (upsampling study)
+    kwargs = classifier_kwargs(cfg.classifier, res, manifest.channels, manifest.num_classes)
     model = build("classifier", kwargs).to(device)
     schedule = build_schedule(cfg.diffusion.noise_schedule, cfg.diffusion.diffusion_steps)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -114,6 +118,7 @@ def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, 
     for step, (x0, y) in train.batches(start, tc.steps):
         net.train()
         gens = position_generators(tc.seed, step, pos)
+        x0 = area_downsample(x0, res)  # classifier_train.resolution (the upsampling study's low-res view)
         t = torch.cat([torch.randint(0, schedule.num_timesteps, (1,), generator=g) for g in gens])
         x_t = q_sample(schedule, x0, t, position_noise(gens, tuple(x0.shape[1:])))
         torch.manual_seed(dropout_seed(tc.seed, step, world.rank))
@@ -138,7 +143,7 @@ def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, 
             row = {"step": done, "loss": loss, "train_acc": float(stats[1]) / B, "lr": opt.param_groups[0]["lr"],
                    "images_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
         if (done % tc.eval_every == 0 or done == tc.steps) and world.is_main:
-            quart = accuracy_by_quartile(model, schedule, val, seed=tc.seed, device=device)
+            quart = accuracy_by_quartile(model, schedule, val, seed=tc.seed, device=device, resolution=res)
             row = row or {"step": done}
             row.update({f"val_acc_q{i + 1}": a for i, a in enumerate(quart)})
             row["val_acc"] = sum(quart) / 4

@@ -1,4 +1,8 @@
-"""`gdm train`: the diffusion UNet on a prepared dataset (ADM section 4 training recipe).
+"""`gdm train` / `gdm train-upsampler`: a diffusion network on a prepared dataset (ADM section 4 recipe).
+
+What is trained is a `gdm.train.targets.Target`: the base UNet (sections `unet` + `train`) or the
+ADM-U upsampler (`upsampler` + `upsampler_train`, conditioned on the batch's low-res view); the loop
+is the same.
 
 Loop per step k: batch, timesteps, noise and dropout come from generators seeded by (seed, k)
 (`gdm.train.batches`), the loss is ADM's (`diffusion.loss_type`, importance-weighted when the
@@ -27,12 +31,12 @@ from typing import Any
 import torch
 
 from gdm import distributed
-from gdm.config import Config
+from gdm.config import Config, check_loss_and_variance
 from gdm.data.dataset import read_manifest
 from gdm.data.reader import StepReader
 from gdm.diffusion import build_schedule, create_timestep_sampler, training_losses
 from gdm.errors import ConfigError
-from gdm.models import FORMAT, build, unet_kwargs
+from gdm.models import FORMAT, build
 from gdm.progress import SILENT, Bar
 from gdm.train.batches import dropout_seed, position_generators, position_noise
 from gdm.train.checkpoints import READER_KEYS, CheckpointDir, fingerprint, resume_on_every_rank
@@ -45,17 +49,18 @@ from gdm.train.optim import (
     set_lr,
 )
 from gdm.train.runlog import MetricsLog
+from gdm.train.targets import UNET, Target
 
 MODEL_FILE = "model.pt"
 OnLog = Callable[[int, dict[str, float]], None]
 
 
-def check_labels(cfg: Config, manifest) -> None:
-    nc = cfg.unet.num_classes
+def check_labels(cfg: Config, manifest, section: str = "unet") -> None:
+    nc = getattr(cfg, section).num_classes
     if nc is not None and nc != manifest.num_classes:
         raise ConfigError(
-            f"unet.num_classes is {nc} but the prepared dataset {manifest.path} has "
-            f"{manifest.num_classes} classes (set unet.num_classes: {manifest.num_classes or 'null'})"
+            f"{section}.num_classes is {nc} but the prepared dataset {manifest.path} has "
+            f"{manifest.num_classes} classes (set {section}.num_classes: {manifest.num_classes or 'null'})"
         )
 
 
@@ -72,17 +77,25 @@ def check_world(batch_size: int, world: distributed.World, key: str) -> None:
                           f"{world.size} ranks: every rank needs at least one example per step")
 
 
+def not_fingerprinted(train_section: str) -> set[str]:
+    return {f"{train_section}.{k.split('.', 1)[1]}" for k in NOT_FINGERPRINTED}
+
+
 def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *, resume: bool = True,
                     restart_on_mismatch: bool = False, progress: Bar = SILENT,
-                    on_log: OnLog | None = None) -> dict[str, Any]:
-    tc = cfg.train
+                    on_log: OnLog | None = None, target: Target = UNET) -> dict[str, Any]:
+    tc, net_cfg = target.train_config(cfg), target.net_config(cfg)
     run_dir = Path(run_dir)
     world = distributed.init(tc.device)
     progress = progress if world.is_main else SILENT
     manifest = read_manifest(dataset_dir)
-    check_labels(cfg, manifest)
+    check_labels(cfg, manifest, target.net)
+    try:
+        check_loss_and_variance(cfg, target.net)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     device = world.device(tc.device)
-    check_world(tc.batch_size, world, "train.batch_size")
+    check_world(tc.batch_size, world, f"{target.train}.batch_size")
     data = StepReader(str(dataset_dir), "train", batch_size=tc.batch_size, seed=tc.seed, manifest=manifest,
                       random_flip=cfg.data.random_flip, shuffle_window=cfg.data.shuffle_window,
                       num_workers=tc.num_workers, rank=world.rank, world_size=world.size)
@@ -90,8 +103,8 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
     pos = range(data.slice.start, data.slice.stop)
 
     torch.manual_seed(tc.seed)
-    kwargs = unet_kwargs(cfg.unet, manifest.resolution, manifest.channels)
-    model = build("unet", kwargs).to(device)
+    kwargs = target.model_kwargs(cfg, manifest)
+    model = build(target.kind, kwargs).to(device)
     schedule = build_schedule(cfg.diffusion.noise_schedule, cfg.diffusion.diffusion_steps)
     ts_sampler = create_timestep_sampler(cfg.diffusion.timestep_sampler, cfg.diffusion.diffusion_steps)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.999))
@@ -102,8 +115,8 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
     log.extra["num_parameters"] = sum(p.numel() for p in model.parameters())
     log.extra["world_size"] = world.size
     start, ema_updates = 0, 0
-    fp = fingerprint(cfg.flat(), ("unet", "diffusion", "train"), NOT_FINGERPRINTED, manifest.content_hash,
-                     READER_KEYS)
+    fp = fingerprint(cfg.flat(), (target.net, "diffusion", target.train), not_fingerprinted(target.train),
+                     manifest.content_hash, READER_KEYS)
 
     state = resume_on_every_rank(ckpts, world, fp, resume=resume, restart_on_mismatch=restart_on_mismatch,
                                  max_step=tc.steps)
@@ -119,7 +132,7 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
 
     def payload(step: int) -> dict[str, Any]:
         return {
-            "format": FORMAT, "kind": "unet", "model_kwargs": kwargs, "model": model.state_dict(),
+            "format": FORMAT, "kind": target.kind, "model_kwargs": kwargs, "model": model.state_dict(),
             "ema": ema, "ema_use": str(tc.ema_rates[0]), "optimizer": opt.state_dict(),
             "scaler": precision.scaler.state_dict(), "timestep_sampler": ts_sampler.state_dict(),
             "step": step, "ema_updates": ema_updates, "config": cfg.to_dict(), "fingerprint": fp,
@@ -133,8 +146,10 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
     progress.advance(start)
     for step, (x0, y) in data.batches(start, tc.steps):
         gens = position_generators(tc.seed, step, pos)
+        x0, extra = target.inputs(cfg, manifest, x0)  # at the target's resolution (+ the upsampler's low_res)
         t, weights = ts_sampler.sample_each(gens)
         noise = position_noise(gens, tuple(x0.shape[1:]))
+        y = drop_labels(y, net_cfg.class_dropout, net_cfg.num_classes, gens)  # after each position's noise
         torch.manual_seed(dropout_seed(tc.seed, step, world.rank))
         set_lr(opt, lr_at(step, tc.lr, tc.lr_schedule, tc.steps, tc.warmup_steps))
         opt.zero_grad(set_to_none=True)
@@ -144,10 +159,11 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
         for i, s in enumerate(starts):
             sl = slice(s, s + micro)
             xb, tb, nb, wb = (v[sl].to(device) for v in (x0, t, noise, weights))
-            yb = y[sl].to(device) if cfg.unet.num_classes is not None else None
+            yb = y[sl].to(device) if net_cfg.num_classes is not None else None
+            eb = {k: v[sl].to(device) for k, v in extra.items()}
             with distributed.accumulate(net, last=i == len(starts) - 1), precision.autocast():
-                terms = training_losses(schedule, lambda xt, tt, yb=yb: net(xt, tt, yb), xb, tb, noise=nb,
-                                        loss_type=cfg.diffusion.loss_type, learn_sigma=cfg.unet.learn_sigma)
+                terms = training_losses(schedule, lambda xt, tt, yb=yb, eb=eb: net(xt, tt, y=yb, **eb), xb, tb,
+                                        noise=nb, loss_type=cfg.diffusion.loss_type, learn_sigma=net_cfg.learn_sigma)
                 # full-batch mean over micro-batches and ranks (DDP averages gradients over ranks)
                 loss = (terms["loss"].float() * wb).sum() / B * world.size
                 precision.backward(loss)
@@ -202,6 +218,15 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
         log.write()
     world.barrier()  # every rank returns once the model is written
     return {"model": str(final), "steps": tc.steps, "resumed_from": start, **log.last(), **log.extra}
+
+
+def drop_labels(y: torch.Tensor, p: float, null_label: int | None, gens: list[torch.Generator]) -> torch.Tensor:
+    """Class dropout for classifier-free guidance: label j becomes `null_label` with probability p, drawn
+    from position j's generator (so any rank / micro-batch split drops the same labels)."""
+    if p <= 0 or null_label is None:
+        return y
+    drop = torch.stack([torch.rand((), generator=g) for g in gens]) < p
+    return torch.where(drop, torch.full_like(y, null_label), y)
 
 
 def _finite(v: float) -> bool:
