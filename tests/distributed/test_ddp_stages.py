@@ -24,7 +24,7 @@ def test_dvc_repro_runs_the_train_stage_on_two_ranks(tmp_path):
         params[section].update(values)
     params["train"]["nproc"] = 2
     params["tracking"]["enabled"] = False
-    params["pipeline"].update(models={"cond": {}}, ablations={"base": {}})
+    params["pipeline"].update(models={"cond": {}}, ablations={"base": {}}, free_guidance=[])
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_COMMITTER_NAME": "t",
