@@ -249,7 +249,7 @@ class EvaluatorConfig(_Section):
 
 # ------------------------------------------------------------------------------------- sampling
 class SampleConfig(_Section):
-    sampler: Literal["ddpm", "ddim"] = "ddim"
+    sampler: Literal["ddpm", "ddim", "dpmpp2m"] = "ddim"  # dpmpp2m: DPM-Solver++(2M), deterministic
     respacing: str = "ddim25"
     eta: float = Field(0.0, ge=0.0)
     scales: tuple[float, ...] = (0.0,)
@@ -258,7 +258,7 @@ class SampleConfig(_Section):
     guidance: Literal["classifier", "free"] = "classifier"
     # Two-stage sampling (ADM-U): the upsampler's own sampler and respacing (the reference samples its
     # upsamplers with 250 DDPM steps); null sampler: the same as `sampler`.
-    upsample_sampler: Literal["ddpm", "ddim"] | None = "ddpm"
+    upsample_sampler: Literal["ddpm", "ddim", "dpmpp2m"] | None = "ddpm"
     upsample_respacing: str = "250"
     num_samples: int = Field(500, ge=1)
     batch_size: int = Field(250, ge=1)
@@ -345,7 +345,7 @@ class PipelineConfig(_Section):
     models: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"cond": {}, "uncond": {"unet.num_classes": None}}
     )
-    samplers: tuple[Literal["ddpm", "ddim"], ...] = ("ddim",)
+    samplers: tuple[Literal["ddpm", "ddim", "dpmpp2m"], ...] = ("ddim",)
     # Models also swept with classifier-free guidance (sample.guidance: free) on the sample.scales list;
     # each must be one of `models` trained with unet.class_dropout > 0 (checked at load).
     free_guidance: tuple[str, ...] = ()

@@ -34,6 +34,7 @@ from gdm.diffusion import (
     classifier_guidance,
     ddim_sample,
     ddpm_sample,
+    dpmpp2m_sample,
     sample_generators,
     sample_seed,
 )
@@ -241,6 +242,8 @@ def _sample_batch(model, classifier, schedule, sc: SampleConfig, scale: float, i
               "clip_denoised": sc.clip_denoised, "device": device}
     if sc.sampler == "ddpm":
         return ddpm_sample(model_fn, schedule, (len(indices), *shape), **common)
+    if sc.sampler == "dpmpp2m":
+        return dpmpp2m_sample(model_fn, schedule, (len(indices), *shape), **common)
     return ddim_sample(model_fn, schedule, (len(indices), *shape), eta=sc.eta, **common)
 
 

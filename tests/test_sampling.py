@@ -21,7 +21,7 @@ def trained(tmp_path_factory):
     return cfg, unet, clf
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmpp2m"])
 def test_sample_i_is_independent_of_batch_and_chunk_size(trained, tmp_path, sampler):
     cfg, unet, clf = trained
     a = sample(unet, tmp_path / "a", cfg.sample.model_copy(update={"sampler": sampler}), 1.0, classifier_path=clf)

@@ -109,7 +109,7 @@ def sample(
     unet: Path | None = typer.Option(None, "--unet", help="UNet checkpoint (default: the variant's model.pt)."),
     classifier: Path | None = typer.Option(None, "--classifier", help="Noisy classifier for guidance."),
     variant: str = VariantOpt,
-    sampler: str | None = typer.Option(None, help="ddpm | ddim (default sample.sampler)."),
+    sampler: str | None = typer.Option(None, help="ddpm | ddim | dpmpp2m (default sample.sampler)."),
     respacing: str | None = typer.Option(None, help="'ddimN', 'N' or 'a,b,c' (default sample.respacing)."),
     eta: float | None = typer.Option(None, help="DDIM eta (0: deterministic)."),
     scale: list[float] | None = typer.Option(None, "--scale", help="Guidance scale(s); repeatable."),

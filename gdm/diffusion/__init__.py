@@ -25,7 +25,14 @@ from gdm.diffusion.losses import (
 )
 from gdm.diffusion.noise import randn_like_per_sample, sample_generators, sample_seed
 from gdm.diffusion.respacing import build_schedule, respace, space_timesteps
-from gdm.diffusion.samplers import ddim_sample, ddim_step, ddpm_sample, ddpm_step
+from gdm.diffusion.samplers import (
+    ddim_sample,
+    ddim_step,
+    ddpm_sample,
+    ddpm_step,
+    dpmpp2m_sample,
+    guided_prediction,
+)
 from gdm.diffusion.schedules import (
     BETA_SCHEDULES,
     Schedule,
@@ -56,9 +63,11 @@ __all__ = [
     "ddpm_sample",
     "ddpm_step",
     "discretized_gaussian_log_likelihood",
+    "dpmpp2m_sample",
     "extract",
     "get_named_beta_schedule",
     "guidance_active",
+    "guided_prediction",
     "make_schedule",
     "mean_flat",
     "model_timesteps",

@@ -10,6 +10,7 @@ from gdm.diffusion import (
     ddim_step,
     ddpm_sample,
     ddpm_step,
+    dpmpp2m_sample,
     guidance_active,
     sample_generators,
 )
@@ -111,7 +112,7 @@ def test_ddim_step_eps_shift_is_minus_sqrt_one_minus_abar_scale_grad(learn_sigma
                                atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp2m"])
 def test_scale_zero_is_bit_identical_to_no_guidance(sampler):
     s = build_schedule("linear", 1000, "20")
     classifier_fn, _, calls = _linear_classifier()
@@ -125,6 +126,8 @@ def test_scale_zero_is_bit_identical_to_no_guidance(sampler):
                   "learn_sigma": True}
         if sampler == "ddpm":
             return ddpm_sample(_model(True), s, (3, C, H, W), **kw)
+        if sampler == "dpmpp2m":
+            return dpmpp2m_sample(_model(True), s, (3, C, H, W), **kw)
         return ddim_sample(_model(True), s, (3, C, H, W), eta=0.5, **kw)
 
     none = run(None)
