@@ -83,7 +83,7 @@ def test_requested_labels_rules():
 
 
 def test_chunks_from_other_settings_are_not_reused(trained, tmp_path, monkeypatch):
-    cfg, unet, clf = trained
+    cfg, unet, _clf = trained
     import gdm.sampling as smod
 
     real = smod._sample_batch
