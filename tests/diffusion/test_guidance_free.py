@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from gdm.diffusion import build_schedule, classifier_free_guidance, ddim_sample, ddpm_sample, sample_generators
+from gdm.diffusion import (
+    build_schedule,
+    classifier_free_guidance,
+    ddim_sample,
+    ddpm_sample,
+    dpmpp2m_sample,
+    sample_generators,
+)
 
 C, H, W, NULL = 2, 3, 3, 4
 
@@ -50,7 +57,7 @@ def test_guidance_moves_eps_away_from_the_unconditional_prediction():
         torch.testing.assert_close(classifier_free_guidance(model, y, NULL, w)(x, t) - cond, w * (cond - uncond))
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp2m"])
 def test_w_zero_is_bit_identical_to_unguided_conditional_sampling(sampler):
     s = build_schedule("cosine", 1000, "10")
     calls = []
@@ -61,6 +68,8 @@ def test_w_zero_is_bit_identical_to_unguided_conditional_sampling(sampler):
         kw = {"generators": sample_generators(3, range(3)), "learn_sigma": True}
         if sampler == "ddpm":
             return ddpm_sample(model_fn, s, (3, C, H, W), **kw)
+        if sampler == "dpmpp2m":  # the guided model function goes through the solver like any other
+            return dpmpp2m_sample(model_fn, s, (3, C, H, W), **kw)
         return ddim_sample(model_fn, s, (3, C, H, W), eta=0.5, **kw)
 
     plain = run(lambda x, t: model(x, t, y))
