@@ -200,7 +200,8 @@ def _upsampling(cfg: Config, direct_evals: list[Stage]) -> list[Stage]:
         "upsampling-report", "upsampling-report", cmd="gdm report --upsampling --quiet",
         deps=(eval_dir(cfg), eval_up_dir(cfg)),
         params=("pipeline.upsampling_models", "pipeline.samplers", "sample.scales"),
-        metrics=(f"{p['reports']}/upsampling.json",),
+        metrics=(f"{p['reports']}/upsampling_metrics.json",),
+        outs=(f"{p['reports']}/upsampling.json", f"{p['reports']}/upsampling.md"),
         upstream=tuple(e.name for e in direct_evals + evals),
     ))
     return stages

@@ -18,7 +18,7 @@ from typing import Any
 from gdm.config import Config
 from gdm.io import write_bytes, write_json
 from gdm.pipeline import eval_file, eval_up_file
-from gdm.report import FIELDS, _read, markdown_table
+from gdm.report import FIELDS, _read, flat_numbers, markdown_table
 
 ROWS = ("ADM", "ADM-G", "ADM-U", "ADM-G + ADM-U")
 # ADM.md section 6 (ImageNet, FID): what the digits miniature mirrors.
@@ -70,14 +70,23 @@ def write_upsampling(cfg: Config) -> dict[str, Path]:
             ("\nPaper (ImageNet FID): 256x256 ADM-G 4.59 vs ADM-G + ADM-U 3.94; 512x512 ADM-G 7.72 vs "
              "ADM-G + ADM-U 3.85.\n")]
     write_bytes(rdir / "upsampling.md", "\n".join(text).encode())
-    return {"upsampling": rdir / "upsampling.json", "table": rdir / "upsampling.md"}
+    # DVC's metrics: numbers only, one entry per Table-5 row (`cond/ddim/adm_g_adm_u`: fid, ..., scale)
+    write_json(rdir / "upsampling_metrics.json", {
+        f"{r['model']}/{r['sampler']}/{_row_name(r)}": flat_numbers(r, ("scale", "base_resolution", "resolution",
+                                                                        "num_samples", *FIELDS)) for r in table})
+    return {"upsampling": rdir / "upsampling.json", "table": rdir / "upsampling.md",
+            "metrics": rdir / "upsampling_metrics.json"}
+
+
+def _row_name(r: dict[str, Any]) -> str:
+    return r["row"].lower().replace(" + ", "_").replace("-", "_")
 
 
 def table_metrics(table: list[dict[str, Any]]) -> dict[str, float]:
     """Flat metric names for MLflow (`adm_g_adm_u_ddim_fid`, `adm_g_adm_u_ddim_scale`, ...)."""
     out: dict[str, float] = {}
     for r in table:
-        key = r["row"].lower().replace(" + ", "_").replace("-", "_")
+        key = _row_name(r)
         prefix = f"{r['model']}_{key}_{r['sampler']}"
         for k in ("fid", "sfid", "is", "precision", "recall", "accuracy", "scale"):
             if isinstance(r.get(k), (int, float)):

@@ -101,3 +101,7 @@ def test_upsampling_report_rows(study):
     assert rows["ADM"]["fid"] == direct["fid"]
     assert len(doc["sweep"]) == 2 * len(SCALES)
     assert "ADM-G + ADM-U" in (Path(cfg.pipeline.reports_dir) / "upsampling.md").read_text()
+    flat = read_json(f"{cfg.pipeline.reports_dir}/upsampling_metrics.json")  # DVC's metric: numbers only
+    assert set(flat) == {"cfg/ddim/adm", "cfg/ddim/adm_g", "cfg/ddim/adm_u", "cfg/ddim/adm_g_adm_u"}
+    assert flat["cfg/ddim/adm"]["fid"] == direct["fid"] and flat["cfg/ddim/adm_u"]["base_resolution"] == 4
+    assert all(isinstance(v, (int, float)) for row in flat.values() for v in row.values())

@@ -96,7 +96,10 @@ def test_user_query_fid_by_variant_and_scale(project, first_run):
                                order_by=["params.`sample.scale` ASC"])
     assert [(r.data.params["gdm.variant"], r.data.params["sample.scale"]) for r in found] == [("cond", "0.0"),
                                                                                                 ("cond", "2.0")]
-    guided = client.search_runs([exp.experiment_id], "params.`sample.guidance` = 'classifier'")
+    # every run that logs the resolved config carries sample.guidance (the sweep's method, scale 0 included);
+    # the scored ones have a FID
+    guided = client.search_runs([exp.experiment_id], "params.`sample.guidance` = 'classifier' and "
+                                "params.`sample.scale` != '0.0' and metrics.fid >= 0")
     assert [r.info.run_name for r in guided] == ["cond/ddim5/scale2.0"]
 
 
