@@ -12,12 +12,13 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gdm.errors import ConfigError
+from gdm.errors import ConfigError, show_path
+from gdm.io import parse_yaml, read_yaml
 
 DEFAULT_PARAMS = "params.yaml"
+MAX_IMAGE_PIXELS = 89_478_485  # PIL's own warning threshold (1024**3 // 4 // 3)
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -33,8 +34,41 @@ def _local_path(v: str | None) -> str | None:
     return v
 
 
+# Sane bounds on sizes: far above any real run, far below what overflows a tensor or a disk.
+MAX_BATCH = 1 << 20
+MAX_STEPS = 10**9
+MAX_SAMPLES = 10**8
+MAX_SEED = 2**63 - 1
+MAX_WIDTH = 1 << 14
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$")
+
+
+def Batch(default: int) -> Any:
+    return Field(default, ge=1, le=MAX_BATCH)
+
+
+def Steps(default: int, ge: int = 1) -> Any:
+    return Field(default, ge=ge, le=MAX_STEPS)
+
+
+def Seed(default: int) -> Any:
+    return Field(default, ge=0, le=MAX_SEED)
+
+
+def _check_device(v: str) -> str:
+    if not _DEVICE_RE.match(str(v)):
+        raise ValueError("must be 'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or 'xpu[:N]'")
+    return v
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+    # allow_inf_nan=False: every float key (and float list item) must be finite; NaN/inf are refused
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True, allow_inf_nan=False)
+
+    @field_validator("device", check_fields=False)
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return _check_device(v)
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -46,13 +80,15 @@ class DataConfig(_Section):
     resolution: int = Field(8, ge=4, le=1024)
     channels: Literal[1, 3] = 1
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
-    seed: int = 0
+    seed: int = Seed(0)
     labels: Literal["auto", "subfolders", "filename", "none"] = "auto"  # imagefolder labelling
     on_bad_image: Literal["error", "skip"] = "error"
-    shard_size: int = Field(4096, ge=1)  # rows per Parquet shard
+    shard_size: int = Field(4096, ge=1, le=10**7)  # rows per Parquet shard
     row_group_size: int = Field(64, ge=1)  # rows per Parquet row group: the reader's unit of reading and shuffling
     num_workers: int = Field(0, ge=0)  # prepare: decode/resize/encode processes (0 = in the main process)
     overwrite: bool = False  # prepare on s3://: replace a DIFFERENT dataset already at the prefix
+    num_classes: int | None = Field(None, ge=1, le=1_000_000)  # None: from the source; set: labels checked
+    max_image_pixels: int = Field(MAX_IMAGE_PIXELS, ge=1, le=1 << 40)  # larger images are refused (decompression bombs)
     random_flip: bool = False  # reader augmentation (ADM uses it on ImageNet; not for digits)
     shuffle_window: int = Field(16384, ge=1)  # reader: rows shuffled together (gdm.data.order); memory ~ window
 
@@ -88,28 +124,28 @@ class DataConfig(_Section):
 
 # ----------------------------------------------------------------------------------------- nets
 def _check_mult(v: tuple[float, ...]) -> tuple[float, ...]:
-    if len(v) == 0 or any(m <= 0 for m in v):
-        raise ValueError("must be a non-empty list of positive numbers, e.g. [1, 2, 2]")
+    if len(v) == 0 or len(v) > 12 or any(not 0 < m <= 64 for m in v):
+        raise ValueError("must be a list of 1 to 12 positive numbers up to 64, e.g. [1, 2, 2]")
     return v
 
 
 class UNetConfig(_Section):
     """ADM UNet knobs. Defaults follow the released ImageNet models except the width/depth."""
 
-    model_channels: int = Field(32, ge=1)
+    model_channels: int = Field(32, ge=1, le=MAX_WIDTH)
     channel_mult: tuple[float, ...] = (1, 2)
-    num_res_blocks: int = Field(1, ge=1)
+    num_res_blocks: int = Field(1, ge=1, le=64)
     attention_resolutions: tuple[int, ...] = (4,)
-    num_heads: int = Field(1, ge=1)
-    num_head_channels: int = -1
-    num_heads_upsample: int = -1
+    num_heads: int = Field(1, ge=1, le=1024)
+    num_head_channels: int = Field(-1, le=MAX_WIDTH)
+    num_heads_upsample: int = Field(-1, le=1024)
     use_scale_shift_norm: bool = True
     resblock_updown: bool = True
     conv_resample: bool = True
     rescale_residual: bool = False
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     learn_sigma: bool = True
-    num_classes: int | None = Field(10, ge=2)
+    num_classes: int | None = Field(10, ge=2, le=1_000_000)
     attention_order: Literal["legacy", "new"] = "legacy"
     use_checkpoint: bool = False
     # Classifier-free guidance (Ho & Salimans 2022): probability of replacing y by the null label
@@ -140,18 +176,18 @@ class UpsamplerConfig(UNetConfig):
     upsampler_train.resolution or data.resolution; the low-res input is the large image area-downsampled
     (guided-diffusion's super_res_train) at training time and the base model's sample when sampling."""
 
-    low_resolution: int | None = Field(None, ge=1)  # null: a quarter of the large size (ADM's 64->256)
+    low_resolution: int | None = Field(None, ge=1, le=1024)  # null: a quarter of the large size (ADM's 64->256)
 
 
 class ClassifierConfig(_Section):
     """Noisy classifier: the UNet encoder half + middle block + a pooling head."""
 
-    model_channels: int = Field(32, ge=1)
+    model_channels: int = Field(32, ge=1, le=MAX_WIDTH)
     channel_mult: tuple[float, ...] = (1, 2)
-    num_res_blocks: int = Field(1, ge=1)
+    num_res_blocks: int = Field(1, ge=1, le=64)
     attention_resolutions: tuple[int, ...] = (4,)
-    num_heads: int = Field(1, ge=1)
-    num_head_channels: int = 32
+    num_heads: int = Field(1, ge=1, le=1024)
+    num_head_channels: int = Field(32, le=MAX_WIDTH)
     use_scale_shift_norm: bool = True
     resblock_updown: bool = True
     conv_resample: bool = True
@@ -175,34 +211,34 @@ class ClassifierConfig(_Section):
 # ------------------------------------------------------------------------------------ diffusion
 class DiffusionConfig(_Section):
     noise_schedule: Literal["linear", "cosine"] = "cosine"
-    diffusion_steps: int = Field(1000, ge=2)
+    diffusion_steps: int = Field(1000, ge=2, le=100_000)
     loss_type: Literal["mse", "hybrid", "kl"] = "hybrid"
     timestep_sampler: Literal["uniform", "loss-second-moment"] = "uniform"
 
 
 # ------------------------------------------------------------------------------------- training
 class TrainConfig(_Section):
-    steps: int = Field(3000, ge=1)  # required step limit: training always ends
-    batch_size: int = Field(64, ge=1)
-    microbatch: int = Field(-1, ge=-1)  # -1: no accumulation; else split each batch in chunks
-    lr: float = Field(3e-4, gt=0)
+    steps: int = Steps(3000)  # required step limit: training always ends
+    batch_size: int = Batch(64)
+    microbatch: int = Field(-1, ge=-1, le=MAX_BATCH)  # -1: no accumulation; else split each batch in chunks
+    lr: float = Field(3e-4, gt=0, le=10.0)
     weight_decay: float = Field(0.0, ge=0)
     lr_schedule: Literal["constant", "warmup", "linear"] = "constant"
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Steps(0, ge=0)
     ema_rates: tuple[float, ...] = (0.999,)
     ema_warmup: bool = True  # rate min(rate, (1+n)/(10+n)) early on
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     grad_clip: float | None = Field(None, gt=0)
-    checkpoint_every: int = Field(1000, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
-    log_every: int = Field(50, ge=1)
-    seed: int = 0
+    checkpoint_every: int = Steps(1000)
+    keep_checkpoints: int = Field(2, ge=1, le=10_000)
+    log_every: int = Steps(50)
+    seed: int = Seed(0)
     device: str = "auto"
-    num_workers: int = Field(0, ge=0)
-    nproc: int = Field(1, ge=1)  # >1: `gdm train` re-launches itself through torchrun with this many ranks
+    num_workers: int = Field(0, ge=0, le=1024)
+    nproc: int = Field(1, ge=1, le=4096)  # >1: `gdm train` re-launches itself through torchrun with this many ranks
     # Train at this resolution: the prepared images are area-downsampled on the fly (ADM-U's low-res
     # view); null: as prepared. The low-resolution base models of the upsampling study use it.
-    resolution: int | None = Field(None, ge=1)
+    resolution: int | None = Field(None, ge=1, le=1024)
 
     @field_validator("ema_rates")
     @classmethod
@@ -221,30 +257,30 @@ class TrainConfig(_Section):
 
 
 class ClassifierTrainConfig(_Section):
-    steps: int = Field(1000, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(3e-4, gt=0)
+    steps: int = Steps(1000)
+    batch_size: int = Batch(128)
+    lr: float = Field(3e-4, gt=0, le=10.0)
     weight_decay: float = Field(0.05, ge=0)
     lr_anneal: bool = True
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    checkpoint_every: int = Field(500, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
-    log_every: int = Field(50, ge=1)
-    eval_every: int = Field(500, ge=1)
-    seed: int = 1
+    checkpoint_every: int = Steps(500)
+    keep_checkpoints: int = Field(2, ge=1, le=10_000)
+    log_every: int = Steps(50)
+    eval_every: int = Steps(500)
+    seed: int = Seed(1)
     device: str = "auto"
     num_workers: int = Field(0, ge=0)  # DataLoader workers decoding training batches
-    nproc: int = Field(1, ge=1)  # >1: `gdm train-classifier` re-launches itself through torchrun
-    resolution: int | None = Field(None, ge=1)  # as train.resolution
+    nproc: int = Field(1, ge=1, le=4096)  # >1: `gdm train-classifier` re-launches itself through torchrun
+    resolution: int | None = Field(None, ge=1, le=1024)  # as train.resolution
 
 
 class EvaluatorConfig(_Section):
-    width: int = Field(32, ge=8)
-    feature_dim: int = Field(64, ge=8)
-    steps: int = Field(1500, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    seed: int = 2
+    width: int = Field(32, ge=8, le=MAX_WIDTH)
+    feature_dim: int = Field(64, ge=8, le=MAX_WIDTH)
+    steps: int = Steps(1500)
+    batch_size: int = Batch(128)
+    lr: float = Field(2e-3, gt=0, le=10.0)
+    seed: int = Seed(2)
 
 
 # ------------------------------------------------------------------------------------- sampling
@@ -260,15 +296,15 @@ class SampleConfig(_Section):
     # upsamplers with 250 DDPM steps); null sampler: the same as `sampler`.
     upsample_sampler: Literal["ddpm", "ddim", "dpmpp2m"] | None = "ddpm"
     upsample_respacing: str = "250"
-    num_samples: int = Field(500, ge=1)
-    batch_size: int = Field(250, ge=1)
-    seed: int = 0
+    num_samples: int = Field(500, ge=1, le=MAX_SAMPLES)
+    batch_size: int = Batch(250)
+    seed: int = Seed(0)
     labels: str = "balanced"  # random | balanced | an integer class
     clip_denoised: bool = True
     use_ema: bool = True
-    chunk_size: int = Field(250, ge=1)  # samples per resumable chunk file
+    chunk_size: int = Field(250, ge=1, le=MAX_SAMPLES)  # samples per resumable chunk file
     device: str = "auto"
-    nproc: int = Field(1, ge=1)  # >1: `gdm sample` re-launches itself through torchrun (chunks split over ranks)
+    nproc: int = Field(1, ge=1, le=4096)  # >1: `gdm sample` re-launches itself through torchrun (chunks split over ranks)
 
     @field_validator("scales", mode="before")
     @classmethod
@@ -297,9 +333,9 @@ class EvalConfig(_Section):
     features: Literal["evaluator", "inception"] = "evaluator"
     inception_weights: str | None = None
     reference: Literal["train", "val"] = "train"
-    batch_size: int = Field(250, ge=1)
-    kid_subsets: int = Field(50, ge=1)
-    kid_subset_size: int = Field(100, ge=2)
+    batch_size: int = Batch(250)
+    kid_subsets: int = Field(50, ge=1, le=100_000)
+    kid_subset_size: int = Field(100, ge=2, le=MAX_SAMPLES)
     cache_dir: str = "data/cache"
 
     _paths = field_validator("cache_dir", "inception_weights")(classmethod(lambda cls, v: _local_path(v)))
@@ -318,6 +354,9 @@ class TrackingConfig(_Section):
     reevaluate_tolerance: float = Field(2.0, ge=0)
     system_metrics: bool = True  # CPU/GPU/memory as system/* metrics on training runs
     system_metrics_interval: float = Field(10.0, gt=0)  # seconds between samples
+    # First contact with an http(s) tracking server: if it does not answer (or answers 5xx) within this
+    # many seconds, the stage goes on untracked and says so at once (never MLflow's ~20 min of retries).
+    timeout_s: float = Field(10.0, gt=0, le=3600)
 
     @field_validator("tracking_uri")
     @classmethod
@@ -426,7 +465,7 @@ class Config(_Section):
             res = self.resolution(train)
             where = f"{train}.resolution" if getattr(self, train).resolution else "data.resolution"
             _check_attention(section, net.attention_resolutions, res, len(net.channel_mult), where)
-            _check_widths(section, net)
+            _check_widths(section, net, res)
         low = self.upsampler.low_resolution
         if low is not None and low >= self.resolution("upsampler_train"):
             raise ValueError(
@@ -538,9 +577,15 @@ def _check_attention(section: str, attn: tuple[int, ...], resolution: int, level
         )
 
 
-def _check_widths(section: str, net: UNetConfig | ClassifierConfig) -> None:
-    for m in net.channel_mult:
+def _check_widths(section: str, net: UNetConfig | ClassifierConfig, resolution: int) -> None:
+    for i, m in enumerate(net.channel_mult):
         ch = int(m * net.model_channels)
+        if net.num_head_channels == -1 and resolution // 2**i in net.attention_resolutions:
+            for key in ("num_heads", "num_heads_upsample"):
+                heads = getattr(net, key, -1)
+                if heads > 0 and ch % heads:
+                    raise ValueError(f"{section}.{key} {heads} does not divide the width {ch} of the attention "
+                                     f"level at resolution {resolution // 2**i}")
         if ch % 32:
             raise ValueError(
                 f"{section}.model_channels x channel_mult gives width {ch} (mult {m}): GroupNorm(32) "
@@ -589,10 +634,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"--set '{text}': expected key.path=value, e.g. unet.model_channels=64")
     key, _, value = text.partition("=")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set '{text}': value is not valid YAML: {exc}") from None
+    parsed = parse_yaml(value, f"--set '{text}': value") if value.strip() else ""
     if isinstance(parsed, str):  # YAML 1.1 reads "1e-3" as a string
         try:
             parsed = float(parsed)
@@ -653,11 +695,10 @@ def load_config(
     """Read params.yaml (missing file -> all defaults is NOT allowed: it must exist), apply overrides."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"params file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if path.is_dir():
+            raise ConfigError(f"params file {show_path(path)}: is a directory, expected a YAML file")
+        raise ConfigError(f"params file not found: {show_path(path)}")
+    raw = read_yaml(path)
     raw = copy.deepcopy(raw) if raw else {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")

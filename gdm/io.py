@@ -1,7 +1,11 @@
-"""Atomic file writes, hashing and safe checkpoint I/O.
+"""Readers that name the file on bad input, atomic writes, hashing and safe checkpoint I/O.
 
 Every artifact is written to a temporary file in the destination directory, flushed and fsync'ed,
 then renamed over the target: a crash leaves either the old file or the new one, never half of one.
+The temporary file is locked while it is written (`gdm.locks`), so the next run can tell the
+leftovers of a killed writer (`sweep_stale`) from a live one. Readers (`read_text`, `read_json`,
+`read_yaml`, and any code inside `reading(path)`) turn malformed input into a `GdmError` that names
+the file (`gdm.errors.as_gdm_error`).
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
+from gdm.errors import CheckpointError, ConfigError, GdmError, as_gdm_error, show_path
+from gdm.locks import held_lock
 
-from gdm.errors import CheckpointError
+MAX_YAML_VALUES = 100_000  # values a YAML document may expand to through aliases (alias bombs)
 
 
 def _umask() -> int:
@@ -31,20 +36,137 @@ _UMASK = _umask()
 
 
 @contextlib.contextmanager
+def reading(path: str | os.PathLike | None, what: str = "") -> Iterator[None]:
+    """Turn the expected failure classes raised inside into a `GdmError` naming `path`."""
+    try:
+        yield
+    except GdmError:
+        raise
+    except Exception as exc:
+        mapped = as_gdm_error(exc, path, what)
+        if mapped is None:
+            raise
+        raise mapped from None
+
+
+def read_text(path: str | os.PathLike, what: str = "") -> str:
+    """A UTF-8 text file; a missing file, a directory or non-UTF-8 bytes give a `GdmError`."""
+    with reading(path, what):
+        return Path(path).read_text(encoding="utf-8")
+
+
+def read_json(path: str | os.PathLike, what: str = "") -> Any:
+    with reading(path, what):
+        return json.loads(read_text(path, what))
+
+
+def read_yaml(path: str | os.PathLike, what: str = "") -> Any:
+    return parse_yaml(read_text(path, what), show_path(path))
+
+
+def parse_yaml(text: str, where: str, limit: int = MAX_YAML_VALUES) -> Any:
+    """`yaml.safe_load`, refusing documents whose aliases expand past `limit` values (alias bombs)
+    or refer to themselves; errors name `where` and the keys that hold the expansion."""
+    import yaml
+
+    with reading(where):
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            _check_expansion(node, where, limit)
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
+
+
+def _check_expansion(root: Any, where: str, limit: int) -> None:
+    import yaml
+
+    sizes: dict[int, int] = {}
+    busy: set[int] = set()
+
+    def size(node: Any, key: str) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in busy:
+            raise ConfigError(f"{where}: the YAML alias at '{key}' refers to itself (a recursive value); refused")
+        busy.add(id(node))
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                sub = f"{key}.{k.value}" if key and isinstance(k, yaml.ScalarNode) else str(getattr(k, "value", "?"))
+                total += size(k, key) + size(v, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(v, key) for v in node.value)
+        busy.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    if size(root, "") <= limit:
+        return
+    big = []
+    if isinstance(root, yaml.MappingNode):
+        for k, v in root.value:
+            inner = v.value if isinstance(v, yaml.MappingNode) else [(k, v)]
+            for k2, v2 in inner:
+                if sizes.get(id(v2), 0) > limit // 100:
+                    name = k2.value if v2 is v else f"{k.value}.{k2.value}"
+                    big.append(f"{name} ({sizes[id(v2)]:.3g} values)")
+    raise ConfigError(
+        f"{where}: YAML aliases expand this document to more than {limit:,} values (an alias bomb?); refused"
+        + (f"; at {', '.join(big[:5])}" if big else "")
+    )
+
+
+def make_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
+    """Create a directory (and parents); a file in the way gives a `GdmError` naming it."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise GdmError(f"{what} {show_path(path)}: exists and is not a directory")
+    with reading(path, what):
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_dir_target(path: str | os.PathLike, what: str = "output directory") -> Path:
+    """Refuse a directory target that is an existing file, or lies under one, before anything is written."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise GdmError(f"{what} {show_path(path)}: {show_path(p)} exists and is not a directory")
+            break
+    return path
+
+
+def check_file_target(path: str | os.PathLike, what: str = "output file") -> Path:
+    """Refuse a file target that is an existing directory, or lies under a file, before anything is written."""
+    path = Path(path)
+    if path.is_dir():
+        raise GdmError(f"{what} {show_path(path)}: is a directory; give a file path")
+    check_dir_target(path.parent, f"{what} {show_path(path)}: parent")
+    return path
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success fsync it and rename it onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    path = check_file_target(path)
+    make_dir(path.parent)
+    with reading(path.parent, "writing into"):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the usual permissions
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        with held_lock(fd):  # marks the temporary as live: `sweep_stale` leaves it alone
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the usual permissions
+            yield tmp
+            with reading(tmp, "writing"):
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -83,13 +205,9 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
-
-
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with reading(path), open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
@@ -101,13 +219,17 @@ def sha256_bytes(data: bytes) -> str:
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Atomically save a checkpoint dict (tensors, plain containers, strings, numbers only)."""
+    import torch
+
     buf = io.BytesIO()
     torch.save(payload, buf)
     write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """Load a checkpoint with `weights_only=True`: a file that needs pickle code execution is refused."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")

@@ -20,6 +20,7 @@ import torch
 from gdm.data.prepare import FORMAT, MANIFEST
 from gdm.data.storage import Location, location
 from gdm.errors import DataError
+from gdm.io import reading
 
 
 @dataclass
@@ -116,13 +117,21 @@ def read_manifest(dataset_dir: str | Path) -> Manifest:
     if not loc.exists(MANIFEST):
         loc.check_bucket()  # on S3, say so when the bucket itself is missing
         raise DataError(f"{loc.url}: not a prepared dataset (no {MANIFEST}); run `gdm prepare` first")
-    try:
+    where = f"{loc.url}/{MANIFEST}"
+    with reading(where):  # not JSON, not UTF-8: named, not a traceback
         raw = json.loads(loc.read_bytes(MANIFEST))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{loc.url}/{MANIFEST}: not valid JSON ({exc})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-        raise DataError(f"{loc.url}/{MANIFEST}: unknown format {got!r}, expected {FORMAT!r}")
+        raise DataError(f"{where}: unknown format {got!r}, expected {FORMAT!r}; rerun `gdm prepare`")
+    missing = [k for k in ("num_classes", "resolution", "channels", "content_hash", "shards") if k not in raw]
+    if missing:
+        raise DataError(f"{where}: manifest lacks {missing}; rerun `gdm prepare`")
+    if not isinstance(raw["shards"], list) or not all(isinstance(s, str) for s in raw["shards"]):
+        raise DataError(f"{where}: 'shards' must be a list of file names; rerun `gdm prepare`")
+    if not loc.remote:  # (on S3 a missing shard is named when it is opened: no request per shard here)
+        absent = [s for s in raw["shards"] if not loc.exists(s)]
+        if absent:
+            raise DataError(f"{loc.url}: shards listed in {MANIFEST} are missing: {absent[:5]}; rerun `gdm prepare`")
     return Manifest(loc, raw)
 
 

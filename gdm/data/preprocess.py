@@ -12,6 +12,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from gdm.errors import DataError
+
 
 def to_mode(image: Image.Image, channels: int) -> Image.Image:
     """Grayscale/RGBA/palette/CMYK/16-bit images -> RGB (ADM), then -> L when 1 channel is asked."""
@@ -42,8 +44,11 @@ def encode_png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def decode_png(data: bytes) -> np.ndarray:
-    """PNG bytes -> uint8 array [H, W, C] (C = 1 or 3)."""
-    with Image.open(io.BytesIO(data)) as im:
-        arr = np.asarray(im)
+def decode_png(data: bytes, where: str = "PNG data") -> np.ndarray:
+    """PNG bytes -> uint8 array [H, W, C] (C = 1 or 3); corrupt bytes -> `DataError` naming `where`."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            arr = np.asarray(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{where}: corrupt image ({exc}); rerun `gdm prepare`") from None
     return arr[..., None] if arr.ndim == 2 else arr

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from gdm.errors import DataError
-from gdm.io import atomic_path
+from gdm.io import atomic_path, reading
 
 STAT_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
 
@@ -30,9 +30,12 @@ def _open(path: Path):
     if not path.is_file():
         raise DataError(f"{path}: npz file not found")
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    if not hasattr(z, "files"):  # a bare .npy array, not an archive of named arrays
+        raise DataError(f"{path}: a single .npy array, not an .npz archive with 'arr_0'")
+    return z
 
 
 def _check_images(images: np.ndarray, where: str) -> np.ndarray:
@@ -56,7 +59,7 @@ def _check_labels(labels: np.ndarray, n: int, where: str) -> np.ndarray:
 def read_samples(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     """(images uint8 NHWC, labels int64 or None) from an ADM `.npz` (arr_0, optional arr_1)."""
     path = Path(path)
-    with _open(path) as z:
+    with _open(path) as z, reading(path):  # object arrays, truncated members: named errors
         if "arr_0" not in z.files:
             raise DataError(f"{path}: no 'arr_0' (images) array; arrays present: {z.files}")
         images = _check_images(z["arr_0"], f"{path} arr_0")
@@ -185,7 +188,7 @@ def sample_writer(path: str | os.PathLike, n: int, image_shape: tuple[int, int, 
 def read_reference_stats(path: str | os.PathLike) -> dict[str, np.ndarray] | None:
     """Precomputed {mu, sigma[, mu_s, sigma_s]} (float64) from a reference batch, or None."""
     path = Path(path)
-    with _open(path) as z:
+    with _open(path) as z, reading(path):
         if "mu" not in z.files and "sigma" not in z.files:
             return None
         stats = {}
@@ -201,6 +204,8 @@ def read_reference_stats(path: str | os.PathLike) -> dict[str, np.ndarray] | Non
                     f"{path}: {mean_key} must be (d,) and {cov_key} (d, d); "
                     f"got {mu.shape} and {sigma.shape}"
                 )
+            if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+                raise DataError(f"{path}: {mean_key}/{cov_key} hold NaN or infinite values")
             stats[mean_key], stats[cov_key] = mu, sigma
     return stats
 

@@ -48,18 +48,16 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path, digits_dir, monke
     cfg = tiny_config(tmp_path)
     out = tmp_path / "run"
     train_diffusion(cfg.with_overrides({"train.steps": 3}), digits_dir, out)
-    import gdm.io as gio
-
     real = torch.save
 
     def crash(obj, f, *a, **k):
         real(obj, f, *a, **k)
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(gio.torch, "save", crash)
+    monkeypatch.setattr(torch, "save", crash)  # gdm.io imports torch lazily: patch it at the source
     with pytest.raises(OSError, match="simulated"):
         train_diffusion(cfg, digits_dir, out)
-    monkeypatch.setattr(gio.torch, "save", real)
+    monkeypatch.setattr(torch, "save", real)
     ckpts = CheckpointDir(out / "checkpoints", 2)
     assert ckpts.steps() == [3]
     assert load_checkpoint(ckpts.latest())["step"] == 3
