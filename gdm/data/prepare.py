@@ -121,7 +121,8 @@ def prepare_dataset(cfg: DataConfig, progress: Bar = SILENT, out_dir: str | Path
     """
     from gdm.data.publish import publisher
 
-    data = source if source is not None else open_source(cfg.source, cfg.path, cfg.labels)
+    data = source if source is not None else open_source(
+        cfg.source, cfg.path, cfg.labels, max_pixels=cfg.max_image_pixels, num_classes=cfg.num_classes)
     final = str(out_dir) if out_dir is not None else str(cfg.prepared_dir)
     pub = publisher(final, cfg)  # refuses a prefix holding another dataset before any work
     splits = plan(data, cfg)

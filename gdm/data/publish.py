@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,8 @@ from gdm.config import DataConfig
 from gdm.data.prepare import MANIFEST, NOT_IN_MANIFEST
 from gdm.data.storage import Location, location
 from gdm.errors import DataError
+from gdm.io import check_dir_target, make_dir
+from gdm.locks import locked_temp_dir, sweep_stale
 
 GRID = "grid.png"
 GEN_PREFIX = "data-"
@@ -68,16 +69,26 @@ class LocalStaging:
 class LocalPublisher:
     def __init__(self, final: Path):
         self.final = final
+        check_dir_target(final, "data.out_dir: dataset directory")  # a file in the way: refused before any work
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[LocalStaging]:
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", suffix=".tmp", dir=self.final.parent))
-        tmp.chmod(0o755)
-        try:
+        make_dir(self.final.parent, "data.out_dir")
+        sweep_stale(self.final.parent, f"{self.final.name}.")  # temporaries of killed runs (a live one is locked)
+        _recover_swap(self.final)
+        with locked_temp_dir(self.final) as tmp:  # removed on failure; renamed into place on success
             yield LocalStaging(tmp, self.final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # gone after a successful swap; cleans up a failure
+
+
+def _recover_swap(final: Path) -> None:
+    """A run killed between the two renames of `_swap_into_place` left the previous dataset at
+    `.<name>.old`: put it back (or drop it when the new one made it into place)."""
+    old = final.with_name(f".{final.name}.old")
+    if old.is_dir():
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.rename(final)
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:

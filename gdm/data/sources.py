@@ -12,9 +12,12 @@ sample/reference format). Nothing is downloaded.
 
 from __future__ import annotations
 
+import functools
 import io
 import pickle
 import tarfile
+import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -22,8 +25,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from gdm.config import MAX_IMAGE_PIXELS
 from gdm.data.storage import is_s3, location
-from gdm.errors import DataError
+from gdm.errors import DataError, show_path
 
 NO_LABEL = -1
 
@@ -79,19 +83,23 @@ def digits_source() -> SourceData:
 
 
 # -------------------------------------------------------------------------------- imagefolder
-def imagefolder_source(path: str, labels: str = "auto") -> SourceData:
+def imagefolder_source(path: str, labels: str = "auto", max_pixels: int = MAX_IMAGE_PIXELS,
+                       num_classes: int | None = None) -> SourceData:
     if is_s3(path):
-        root, files, opener = _s3_folder(path)
+        root, files, opener = _s3_folder(path, max_pixels)
     else:
-        root, opener = Path(path), _open_image
+        root, opener = Path(path), functools.partial(_open_image, max_pixels=max_pixels)
         if not root.exists():
             raise DataError(f"data.path: image folder not found: {root}")
         if not root.is_dir():
             raise DataError(f"data.path: expected a directory of images, got a file: {root}")
-        files = sorted(
+        files = sorted(  # dangling links are kept: they are reported (or skipped) like unreadable images
             p for p in root.rglob("*")
-            if p.is_file() and not any(s.startswith(".") for s in p.relative_to(root).parts)
+            if (p.is_file() or p.is_symlink() and not p.exists())
+            and not any(s.startswith(".") for s in p.relative_to(root).parts)
         )
+        for p in files:
+            _check_name(p, root)
     if not files:
         raise DataError(f"data.path: image folder is empty (no files found under {root})")
     subdirs = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
@@ -108,9 +116,19 @@ def imagefolder_source(path: str, labels: str = "auto") -> SourceData:
         class_of = {p: p.relative_to(root).parts[0] for p in files}
     elif mode == "filename":
         class_of = {p: p.name.split("_", 1)[0] for p in files}
+        bare = [p.name for p in files if "_" not in p.name or not class_of[p]]
+        if bare:
+            raise DataError(
+                f"data.labels 'filename' takes the class from the file-name prefix before the first '_', but "
+                f"{len(bare)} file(s) in {root} have none (e.g. {', '.join(bare[:3])}); rename them "
+                "'<class>_<name>', put them in class subfolders, or set data.labels: none"
+            )
     else:
         class_of = {}
     class_names = sorted(set(class_of.values()))
+    if num_classes is not None and class_of and len(class_names) != num_classes:
+        raise DataError(f"{root}: found {len(class_names)} classes {class_names[:12]} but data.num_classes is "
+                        f"{num_classes}")
     index = {c: i for i, c in enumerate(class_names)}
 
     entries = []
@@ -126,7 +144,7 @@ def imagefolder_source(path: str, labels: str = "auto") -> SourceData:
     return SourceData(entries, load, class_names)
 
 
-def _s3_folder(url: str) -> tuple[PurePosixPath, list[PurePosixPath], Callable]:
+def _s3_folder(url: str, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[PurePosixPath, list[PurePosixPath], Callable]:
     """An image folder under an s3:// prefix: its files as paths below a pseudo root, and an opener."""
     loc = location(url)
     listing = loc.list()
@@ -136,14 +154,15 @@ def _s3_folder(url: str) -> tuple[PurePosixPath, list[PurePosixPath], Callable]:
     files = sorted(root / k for k in listing if not any(s.startswith(".") for s in k.split("/")))
     if not files:
         raise DataError(f"data.path: image folder is empty (only hidden objects under {loc.url})")
-    return root, files, _S3Opener(loc.url, root)
+    return root, files, _S3Opener(loc.url, root, max_pixels)
 
 
 class _S3Opener:
     """Reads one object of an s3:// image folder; each process (prepare worker) opens its own client."""
 
-    def __init__(self, url: str, root: PurePosixPath):
+    def __init__(self, url: str, root: PurePosixPath, max_pixels: int = MAX_IMAGE_PIXELS):
         self.url, self.root, self._loc, self._pid = url, root, None, None
+        self.max_pixels = max_pixels
 
     def __call__(self, p: PurePosixPath) -> tuple[Image.Image | None, str | None]:
         import os
@@ -155,15 +174,37 @@ class _S3Opener:
             data = self._loc.read_bytes(rel)
         except DataError as exc:
             return None, str(exc)
-        return _open_image(io.BytesIO(data), name=f"{self.url}/{rel}")
+        return _open_image(io.BytesIO(data), name=f"{self.url}/{rel}", max_pixels=self.max_pixels)
 
 
-def _open_image(path: Path | io.BytesIO, name: str | None = None) -> tuple[Image.Image | None, str | None]:
-    path_name = name or path
+def _check_name(path: Path, root: Path) -> None:
+    """Names become sample ids, labels and Parquet strings: they must be valid UTF-8."""
     try:
-        with Image.open(path) as im:
-            im.load()  # forces a full decode: truncated files fail here
-            return im.copy(), None
+        path.relative_to(root).as_posix().encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{show_path(path)}: the file or folder name is not valid UTF-8; rename it "
+                        "(names become sample ids and class names)") from None
+
+
+def _open_image(path: Path | io.BytesIO, name: str | None = None,
+                max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[Image.Image | None, str | None]:
+    path_name = name or path
+    if isinstance(path, Path) and path.is_symlink() and not path.exists():
+        return None, f"{path}: dangling symbolic link (its target {show_path(path.readlink())} does not exist)"
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)  # PIL refuses at twice this
+    bomb = (f"refused as a possible decompression bomb, over data.max_image_pixels {max_pixels:,} "
+            "(raise it if the image is genuine)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    return None, f"{path_name}: image is {w}x{h} = {w * h:,} pixels: {bomb}"
+                im.load()  # forces a full decode: truncated files fail here
+                return im.copy(), None
+    except Image.DecompressionBombError as exc:
+        return None, f"{path_name}: {exc}: {bomb}"
     except UnidentifiedImageError:
         return None, f"{path_name}: not an image file (PIL cannot identify it)"
     except (OSError, SyntaxError, ValueError) as exc:
@@ -225,7 +266,7 @@ def _load_batch(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: Path) ->
     return obj
 
 
-def cifar10_source(path: str) -> SourceData:
+def cifar10_source(path: str, num_classes: int | None = None) -> SourceData:
     archive = path if is_s3(path) else Path(path)
     if not is_s3(path) and not archive.is_file():
         raise DataError(f"data.path: CIFAR-10 archive not found: {archive}")
@@ -236,12 +277,20 @@ def cifar10_source(path: str) -> SourceData:
             if missing:
                 raise DataError(f"{archive}: not a CIFAR-10 python archive: missing members {missing}")
             batches = [(n, _load_batch(tar, members[n], archive)) for n in _CIFAR_TRAIN + [_CIFAR_TEST]]
-            names = [f"class{i}" for i in range(10)]
+            names = [f"class{i}" for i in range(num_classes or 10)]
             if "batches.meta" in members:
                 meta = _load_batch_meta(tar, members["batches.meta"], archive)
                 names = meta or names
-    except (tarfile.TarError, EOFError, OSError) as exc:
+            if num_classes is not None and len(names) != num_classes:
+                raise DataError(f"{archive}: batches.meta names {len(names)} classes but data.num_classes is "
+                                f"{num_classes}")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise DataError(f"{archive}: corrupt or unreadable archive: {exc}") from None
+    for name, batch in batches:
+        labs = np.asarray(batch["labels"])
+        if labs.ndim != 1 or len(labs) != len(batch["data"]):
+            raise DataError(f"{archive}: member {name} has {labs.size} labels for {len(batch['data'])} images")
+        check_labels(labs, len(names), f"{archive}: member {name}")
     arrays, entries = [], []
     for name, batch in batches:
         split = "val" if name == _CIFAR_TEST else "train"
@@ -270,7 +319,36 @@ def _load_batch_meta(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: Pat
 
 
 # ---------------------------------------------------------------------------------------- npz
-def npz_source(path: str) -> SourceData:
+def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
+    """Every label must be a class id in [0, num_classes)."""
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{where}: labels must be integers, got {labels.dtype}")
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        i = int(bad[0])
+        raise DataError(f"{where}: label {int(labels[i])} (at index {i}; {len(bad)} such) is outside the class range "
+                        f"[0, {num_classes})")
+
+
+def _dense_classes(labels: np.ndarray, where: str) -> int:
+    """The class count of labels that do not declare it: max + 1, provided every class id occurs."""
+    if labels.min() < 0:
+        i = int(np.argmin(labels))
+        raise DataError(f"{where}: label {int(labels[i])} at index {i} is negative; class ids start at 0 "
+                        "(leave out arr_1 for an unconditional dataset)")
+    top = int(labels.max())
+    present = len(np.unique(labels))
+    if present < top + 1:
+        i = int(np.argmax(labels))
+        raise DataError(
+            f"{where}: labels go up to {top} (at index {i}) but only {present} of the {top + 1} class ids occur; "
+            f"if the labels are right, say so with data.num_classes: {top + 1} (or the true class count)"
+        )
+    return top + 1
+
+
+def npz_source(path: str, num_classes: int | None = None) -> SourceData:
     file = path if is_s3(path) else Path(path)
     if not is_s3(path) and not file.is_file():
         raise DataError(f"data.path: npz file not found: {file}")
@@ -293,7 +371,11 @@ def npz_source(path: str) -> SourceData:
         raise DataError(f"{file}: arr_1 must be [N] labels matching arr_0, got {list(labels.shape)}")
     if labels is not None and not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{file}: arr_1 must hold integer labels, got {labels.dtype}")
-    num_classes = int(labels.max()) + 1 if labels is not None and len(labels) else 0
+    if labels is not None and len(labels):
+        num_classes = num_classes or _dense_classes(labels, f"{file} arr_1")
+        check_labels(labels, num_classes, f"{file} arr_1")
+    else:
+        num_classes = 0
 
     entries = [Entry(i, int(labels[i]) if labels is not None else NO_LABEL, f"npz:{i}", str(i))
                for i in range(len(images))]
@@ -306,13 +388,14 @@ def npz_source(path: str) -> SourceData:
     return SourceData(entries, load, [str(c) for c in range(num_classes)])
 
 
-def open_source(source: str, path: str | None, labels: str = "auto") -> SourceData:
+def open_source(source: str, path: str | None, labels: str = "auto", *, max_pixels: int = MAX_IMAGE_PIXELS,
+                num_classes: int | None = None) -> SourceData:
     if source == "digits":
         return digits_source()
     if source == "imagefolder":
-        return imagefolder_source(path, labels)
+        return imagefolder_source(path, labels, max_pixels, num_classes)
     if source == "cifar10":
-        return cifar10_source(path)
+        return cifar10_source(path, num_classes)
     if source == "npz":
-        return npz_source(path)
+        return npz_source(path, num_classes)
     raise DataError(f"data.source: unknown source {source!r}")
