@@ -21,7 +21,7 @@ def _query(cfg: TrackingConfig, what: str, fn: Callable[[Any], Any], default: An
     if not cfg.enabled:
         return default
     try:
-        return fn(make_client(cfg.tracking_uri))
+        return fn(make_client(cfg.tracking_uri, cfg.timeout_s))
     except Exception as exc:
         warn(
             f"MLflow tracking at '{cfg.tracking_uri}' failed during {what} "

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import numbers
 import os
-import socket
 import sys
 import threading
 import time
@@ -20,10 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import urlsplit
 
 from gdm.config import TrackingConfig
 from gdm.errors import ConfigError, GdmError
+from gdm.tracking.store import bound_http_retries, check_store, creating_store, probe_server, sqlite_path
 
 # MLflow's limits (mlflow.utils.validation), restated so importing this module stays cheap.
 MAX_PARAM_VALUE = 6000
@@ -44,28 +43,25 @@ def default_warn(message: str) -> None:
     print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
 
-def probe_server(tracking_uri: str, timeout: float = 5.0) -> None:
-    """Fail fast on an http(s) tracking server that does not accept connections: MLflow's own
-    retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES=7 with exponential backoff) stall minutes first."""
-    url = urlsplit(tracking_uri)
-    if url.scheme not in ("http", "https") or not url.hostname:
-        return
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
-    except OSError as exc:
-        raise ConnectionError(f"cannot connect to {url.hostname}:{port} ({exc})") from exc
-
-
-def make_client(tracking_uri: str) -> Any:
+def make_client(tracking_uri: str, timeout_s: float = 10.0) -> Any:
     """An `MlflowClient` bound to `tracking_uri` (the registry lives there too unless
-    MLFLOW_REGISTRY_URI says otherwise). mlflow is imported here, lazily: a disabled tracker never
-    pays its import time."""
-    probe_server(tracking_uri)
+    MLFLOW_REGISTRY_URI says otherwise), after a bounded first contact (`gdm.tracking.store`): a
+    foreign SQLite file is refused, a silent or failing server fails within `timeout_s`, a fresh
+    SQLite store is migrated by one process at a time. mlflow is imported here, lazily: a disabled
+    tracker never pays its import time."""
+    check_store(tracking_uri)
+    probe_server(tracking_uri, timeout_s)
+    bound_http_retries(timeout_s)
     from mlflow import MlflowClient
 
     registry_uri = os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+    if sqlite_path(tracking_uri) is None:
+        return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+    with creating_store(tracking_uri):  # concurrent first users wait for one migration, not race on it
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)  # builds the store
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)  # the registry's store too
+    return client
 
 
 def error_code(exc: BaseException) -> str | None:
@@ -110,7 +106,7 @@ class Tracker:
         try:
             return fn(*args, **kwargs)
         except GdmError:
-            raise
+            raise  # a configuration error (e.g. a foreign SQLite file) is refused, not tracked around
         except Exception as exc:
             if error_code(exc) in _REJECTED:
                 self._warn(f"MLflow rejected {what}: {_short(exc)}; skipped, tracking continues")
@@ -133,7 +129,7 @@ class Tracker:
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = make_client(self.cfg.tracking_uri)
+            self._client = make_client(self.cfg.tracking_uri, self.cfg.timeout_s)
         return self._client
 
     def _ensure_experiment(self) -> str:
