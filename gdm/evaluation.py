@@ -50,6 +50,7 @@ class Extractor:
     image_shape: tuple[int, int, int] | None  # (H, W, C) it expects, None = any
     gives_labels: bool  # logits are dataset class ids (accuracy possible)
     batch_size: int = 1  # images per forward pass (streamed chunks are a multiple of it: same numerics)
+    num_classes: int | None = None  # the class ids it knows (None: not dataset classes)
 
     def chunk(self, target: int = FEATURE_CHUNK) -> int:
         return self.batch_size * max(1, target // self.batch_size)
@@ -88,7 +89,8 @@ def evaluator_extractor(path: str | Path, batch_size: int) -> Extractor:
     c = net.config
     return Extractor("evaluator", sha256_file(path),
                      lambda imgs: extract_features(net, uint8_to_float(imgs), batch_size),
-                     (c["image_size"], c["image_size"], c["in_channels"]), True, batch_size)
+                     (c["image_size"], c["image_size"], c["in_channels"]), True, batch_size,
+                     int(c["num_classes"]))
 
 
 def inception_extractor(weights: str | None, batch_size: int) -> Extractor:
@@ -191,6 +193,12 @@ def evaluate_file(cfg: Config, samples: str | Path, reference: str | Path, *, ev
         raise DataError(f"{samples}: {n} samples; at least {MIN_SAMPLES} are needed for the metrics")
     ex = make_extractor(cfg, evaluator)
     _check_hwc(hwc, ex, str(samples))
+    if labels is not None and ex.num_classes is not None:  # before any feature is computed or cached
+        bad = np.flatnonzero((labels < -1) | (labels >= ex.num_classes))
+        if len(bad):
+            raise DataError(f"{samples}: arr_1 label {int(labels[bad[0]])} (index {int(bad[0])}; {len(bad)} such) is "
+                            f"outside the {ex.name} extractor's classes [0, {ex.num_classes}) (-1: unlabelled); "
+                            "samples and evaluator must come from the same dataset")
     split = split or cfg.eval.reference
     ref = reference_features(ex, reference, split, cfg.eval.cache_dir)
     feats = npz_features(ex, samples)

@@ -132,6 +132,8 @@ def make_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
 
 def check_dir_target(path: str | os.PathLike, what: str = "output directory") -> Path:
     """Refuse a directory target that is an existing file, or lies under one, before anything is written."""
+    if "://" in str(path):  # an s3:// location: checked by the storage layer
+        return path
     path = Path(path)
     for p in (path, *path.parents):
         if p.exists():

@@ -17,13 +17,32 @@ from gdm.io import load_checkpoint
 from gdm.nn.adm_import import FORMAT, load_released_state_dict
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "device") -> torch.device:
+    """`auto` -> cuda when available, else cpu; a device that is not there -> `GdmError` naming `key`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GdmError(f"device '{name}' requested but CUDA is not available (use device: auto or cpu)")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise GdmError(f"{key} {name!r} is not a torch device (use auto, cpu, cuda or cuda:N)") from None
+    available = {"cpu": lambda: True, "cuda": torch.cuda.is_available,
+                 "mps": lambda: hasattr(torch.backends, "mps") and torch.backends.mps.is_available(),
+                 "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available()}.get(dev.type, lambda: False)
+    if not available():
+        raise GdmError(f"{key} '{name}' requested but {dev.type.upper()} is not available here "
+                       f"(use {key}: auto or cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise GdmError(f"{key} '{name}' requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
+
+
+def check_finite(state: dict[str, Any], path: str | Path, what: str) -> None:
+    """Refuse weights holding NaN/inf (a diverged run): they would only produce NaN images."""
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{path}: {what} '{key}' holds {bad} NaN/inf value(s) (a diverged run?); "
+                                  "refused: use an earlier checkpoint")
 
 
 def unet_kwargs(cfg: UNetConfig, image_size: int, channels: int) -> dict[str, Any]:
@@ -65,6 +84,11 @@ def load_model(path: str | Path, *, use_ema: bool = True, kind: str | None = Non
     if kind is not None and ckpt["kind"] != kind:
         raise CheckpointError(f"{path}: holds a {ckpt['kind']!r} model, expected a {kind!r} model")
     state = ckpt["model"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: 'model' is not a state dict")
+    check_finite(state, path, "weight")
+    for rate, ema in (ckpt.get("ema") or {}).items():
+        check_finite(ema if isinstance(ema, dict) else {}, path, f"EMA {rate} weight")
     if use_ema and ckpt.get("ema"):
         rate = ckpt.get("ema_use") or min(ckpt["ema"])
         if rate not in ckpt["ema"]:

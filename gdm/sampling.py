@@ -40,9 +40,11 @@ from gdm.diffusion import (
 )
 from gdm.errors import CheckpointError, ConfigError, GdmError
 from gdm.io import read_json, sha256_file, write_json
+from gdm.locks import sweep_stale
 from gdm.metrics.npz import iter_images, read_samples, sample_writer, write_samples
 from gdm.models import load_model
 from gdm.progress import SILENT, Bar
+from gdm.sampling_guards import FiniteWatch, OutputClaim
 
 LABEL_STREAM = 0x1AB3
 
@@ -117,6 +119,10 @@ def sample(unet_path: str | Path, out_dir: str | Path, sc: SampleConfig, scale: 
         check_same_schedule(cfg, cck["diffusion"], unet_path, Path(classifier_path))
     schedule = build_schedule(cfg["diffusion"]["noise_schedule"], cfg["diffusion"]["diffusion_steps"], sc.respacing)
     num_classes = int(ckpt["data"]["num_classes"])
+    requested_labels(sc.labels, np.arange(1), num_classes, sc.seed)  # a bad labels rule is refused up front
+    if classifier is not None and num_classes == 0:
+        raise GdmError(f"{unet_path}: classifier guidance needs class labels, but the model's dataset is "
+                       "unconditional; sample scale 0 only")
     shape = (model.in_channels, model.image_size, model.image_size)
     name = output_name(sc, scale)
     chunk_dir = out_dir / f".{name}.chunks"
@@ -128,32 +134,37 @@ def sample(unet_path: str | Path, out_dir: str | Path, sc: SampleConfig, scale: 
         y = torch.from_numpy(labels).to(device)
         return _sample_batch(model, classifier, schedule, sc, scale, indices, y, shape, device)
 
-    n_chunks, extra = generate_chunks(chunk_dir, key, sc, lambda idx: requested_labels(sc.labels, idx, num_classes,
-                                                                                      sc.seed),
-                                      make_batch, world, progress)
-    world.on_main(lambda: _assemble(out_dir, name, chunk_dir, n_chunks, sc, scale, unet_path, classifier_path,
-                                    cfg, extra), "assembling the samples")
+    with OutputClaim(out_dir, name, world) as output:
+        n_chunks, extra = generate_chunks(chunk_dir, key, sc,
+                                          lambda idx: requested_labels(sc.labels, idx, num_classes, sc.seed),
+                                          make_batch, world, progress, claim=output.claim)
+        world.on_main(lambda: _assemble(out_dir, name, chunk_dir, n_chunks, sc, scale, unet_path, classifier_path,
+                                        cfg, extra), "assembling the samples")
     return SampleRun(out_dir / f"{name}.npz", out_dir / f"{name}.png", out_dir / f"{name}.json")
 
 
 def generate_chunks(chunk_dir: Path, key: dict[str, Any], sc: SampleConfig,
                     labels_of: Callable[[np.ndarray], np.ndarray],
                     make_batch: Callable[[np.ndarray, np.ndarray], torch.Tensor],
-                    world, progress: Bar = SILENT) -> tuple[int, dict[str, Any]]:
+                    world, progress: Bar = SILENT,
+                    claim: Callable[[], None] | None = None) -> tuple[int, dict[str, Any]]:
     """Generate the missing chunks of samples 0..sc.num_samples-1 into `chunk_dir`: one atomic npz per
     `sc.chunk_size` samples, made in batches of `sc.batch_size`, dealt out over the ranks of `world`.
     Returns (number of chunks, timing / world_size / chunks_reused for the sample JSON).
 
     labels_of(indices) -> the labels of those samples; make_batch(indices, labels) -> images in [-1, 1].
     Chunks left by an interrupted run with the same `key` are kept; another key starts afresh.
+    `claim()` runs on rank 0 before anything is written (an `OutputClaim`'s: creates and locks the output).
     """
     n_chunks = (sc.num_samples + sc.chunk_size - 1) // sc.chunk_size
 
-    def claim() -> list[int]:
+    def missing_chunks() -> list[int]:
+        if claim is not None:
+            claim()
         _claim_chunks(chunk_dir, key)
         return [c for c in range(n_chunks) if not (chunk_dir / f"{c:05d}.npz").exists()]
 
-    missing = world.on_main(claim, "the chunk check")
+    missing = world.on_main(missing_chunks, "the chunk check")
     reused = n_chunks - len(missing)
     progress.advance(sum(_chunk_len(sc, c) for c in range(n_chunks) if c not in missing))
     generated, t0 = 0, time.perf_counter()
@@ -208,10 +219,17 @@ def sample_images(unet_path: str | Path, sc: SampleConfig, indices: np.ndarray, 
 
 
 def _claim_chunks(chunk_dir: Path, key: dict[str, Any]) -> None:
-    """Chunks left by an interrupted run are reused only if the same models and settings made them."""
+    """Chunks left by an interrupted run are reused only if the same models and settings made them
+    (a missing or unreadable key.json means they are not)."""
     key_file = chunk_dir / "key.json"
-    if chunk_dir.exists() and (not key_file.is_file() or read_json(key_file) != key):
-        shutil.rmtree(chunk_dir)
+    if chunk_dir.exists():
+        try:
+            same = key_file.is_file() and read_json(key_file) == key
+        except GdmError:
+            same = False
+        if not same:
+            shutil.rmtree(chunk_dir)
+    sweep_stale(chunk_dir)  # half-written chunk temporaries of a killed run
     if not key_file.is_file():
         write_json(key_file, key)
 
@@ -240,11 +258,15 @@ def _sample_batch(model, classifier, schedule, sc: SampleConfig, scale: float, i
     learn_sigma = model.out_channels == 2 * model.in_channels  # from the network, not from optional kwargs
     common = {"generators": gens, "cond_fn": cond_fn, "learn_sigma": learn_sigma,
               "clip_denoised": sc.clip_denoised, "device": device}
+    watch = FiniteWatch(model_fn)
     if sc.sampler == "ddpm":
-        return ddpm_sample(model_fn, schedule, (len(indices), *shape), **common)
-    if sc.sampler == "dpmpp2m":
-        return dpmpp2m_sample(model_fn, schedule, (len(indices), *shape), **common)
-    return ddim_sample(model_fn, schedule, (len(indices), *shape), eta=sc.eta, **common)
+        x = ddpm_sample(watch, schedule, (len(indices), *shape), **common)
+    elif sc.sampler == "dpmpp2m":
+        x = dpmpp2m_sample(watch, schedule, (len(indices), *shape), **common)
+    else:
+        x = ddim_sample(watch, schedule, (len(indices), *shape), eta=sc.eta, **common)
+    watch.check(x, indices)
+    return x
 
 
 def _assemble(out_dir: Path, name: str, chunk_dir: Path, n_chunks: int, sc: SampleConfig, scale: float,

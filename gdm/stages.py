@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from gdm import preflight
 from gdm.config import Config
 from gdm.io import read_json, write_bytes
 from gdm.progress import progress_bar
@@ -77,8 +78,12 @@ def prepare(cfg: Config, progress: bool = True) -> Path:
     """Stage `prepare`: dataset source -> data/prepared/<dataset>/ (shards, manifest, grid)."""
     from gdm.data.prepare import prepare_dataset
     from gdm.data.sources import open_source
+    from gdm.io import check_dir_target
 
-    source = open_source(cfg.data.source, cfg.data.path, cfg.data.labels)  # opened once (an archive is read once)
+    check_dir_target(cfg.data.prepared_dir, "data.out_dir: dataset directory")
+    preflight.tracking(cfg.tracking)
+    source = open_source(cfg.data.source, cfg.data.path, cfg.data.labels, max_pixels=cfg.data.max_image_pixels,
+                         num_classes=cfg.data.num_classes)  # opened once (an archive is read once)
     with progress_bar(f"prepare {cfg.data.dataset_name} (images)", source.count, enabled=progress) as bar:
         return prepare_dataset(cfg.data, progress=bar, source=source)
 
@@ -148,6 +153,7 @@ def train(cfg: Config, variant: str, *, out: Path | None = None, resume: bool = 
     vcfg = cfg.low_res(variant) if low_res else variant_config(cfg, variant)
     stage, suffix = ("train-low", "-low") if low_res else ("train", "")
     out = Path(out) if out else unet_dir(cfg, variant, low_res)
+    preflight.train(vcfg, dataset_dir(cfg), out)  # nothing is written (or launched) before every input is checked
     if launch.wanted(vcfg.train.nproc):
         args = ["--variant", variant, "--out", str(out), "--resume" if resume else "--no-resume"]
         args += ["--restart-on-mismatch"] * restart_on_mismatch + ["--quiet"] * (not progress)
@@ -155,13 +161,14 @@ def train(cfg: Config, variant: str, *, out: Path | None = None, resume: bool = 
         return launch.run_stage(cfg, "train", args, nproc=vcfg.train.nproc, device=vcfg.train.device,
                                 parent_run_id=parent_run_id)
     world = distributed.init(vcfg.train.device)
-    cfg_file = write_config(vcfg, out) if world.is_main else out / "config.yaml"
+    cfg_file = out / "config.yaml"  # written by the trainer once its own checks pass (on_start)
     with tracked(vcfg, stage, f"{stage}@{variant}", parent_run_id, system_metrics=True) as run:
         run.log_params(vcfg.flat())
         run.set_tags(variant_tags(cfg, variant))
         with progress_bar(f"{stage} {variant}", vcfg.train.steps, enabled=progress and world.is_main) as bar:
             result = train_diffusion(vcfg, dataset_dir(cfg), out, resume=resume, progress=bar,
-                                     restart_on_mismatch=restart_on_mismatch, on_log=_log_rows(run, on_log))
+                                     restart_on_mismatch=restart_on_mismatch, on_log=_log_rows(run, on_log),
+                                     on_start=(lambda: write_config(vcfg, out)) if world.is_main else None)
         for f in (cfg_file, out / "metrics.csv"):
             run.log_artifact(f, "files")
         run.log_sampler_model(Path(result["model"]), "model", vcfg.sample)
@@ -184,6 +191,7 @@ def train_classifier(cfg: Config, *, out: Path | None = None, resume: bool = Tru
     name = "train-classifier-low" if low_res else "train-classifier"
     model_name = cfg.tracking.classifier_model_name + ("-low" if low_res else "")
     out = Path(out) if out else classifier_dir(cfg, low_res)
+    preflight.train_classifier(cfg, dataset_dir(cfg), out)
     tc = cfg.classifier_train
     if launch.wanted(tc.nproc):
         args = ["--out", str(out), "--resume" if resume else "--no-resume"]
@@ -193,12 +201,13 @@ def train_classifier(cfg: Config, *, out: Path | None = None, resume: bool = Tru
                                 parent_run_id=parent_run_id)
     cfg = cfg.low_res(None) if low_res else cfg
     world = distributed.init(tc.device)
-    cfg_file = write_config(cfg, out) if world.is_main else out / "config.yaml"
+    cfg_file = out / "config.yaml"  # written by the trainer once its own checks pass (on_start)
     with tracked(cfg, name, name, parent_run_id, system_metrics=True) as run:
         run.log_params(cfg.flat())
         with progress_bar(name, tc.steps, enabled=progress and world.is_main) as bar:
             result = run_training(cfg, dataset_dir(cfg), out, resume=resume, progress=bar,
-                                  restart_on_mismatch=restart_on_mismatch, on_log=_log_rows(run, on_log))
+                                  restart_on_mismatch=restart_on_mismatch, on_log=_log_rows(run, on_log),
+                                  on_start=(lambda: write_config(cfg, out)) if world.is_main else None)
         for f in (Path(result["model"]), cfg_file, out / "metrics.csv"):
             run.log_artifact(f, "model")
         result["model_version"] = _register(cfg, run, model_name, "model", move_aliases)
@@ -222,19 +231,39 @@ def unet_path(cfg: Config, variant: str, low_res: bool = False) -> Path:
 SMALL_NPZ = 8 << 20  # sample files up to this size are logged to MLflow as artifacts
 
 
+def sample_inputs(cfg: Config, variant: str, scale: float, unet: Path | None = None,
+                  classifier: Path | None = None, out: Path | None = None,
+                  low_res: bool = False) -> tuple[Path, Path | None, Path]:
+    """(UNet, classifier or None, output directory) of one sampling stage, defaults filled in (`low_res`:
+    the two-stage defaults: the variant's low-res model and classifier, runs/<variant>/samples-up/)."""
+    from gdm.pipeline import sample_dir, sample_up_dir
+
+    unet = Path(unet) if unet else unet_path(cfg, variant, low_res)
+    kind = cfg.sample.guidance
+    if classifier is None and scale > 0 and kind == "classifier":
+        classifier = classifier_path(cfg, low_res)
+    if low_res:
+        out = Path(out) if out else Path(sample_up_dir(cfg, variant, cfg.sample.sampler, scale))
+    else:
+        out = Path(out) if out else Path(sample_dir(cfg, variant, cfg.sample.sampler, scale, kind))
+    return unet, (Path(classifier) if classifier is not None else None), out
+
+
 def sample(cfg: Config, variant: str, scale: float, *, unet: Path | None = None, classifier: Path | None = None,
-           out: Path | None = None, progress: bool = True, parent_run_id: str | None = None):
-    """Stage `sample@<variant>-<sampler>-<scale>`: samples of one variant at one guidance scale."""
+           out: Path | None = None, progress: bool = True, parent_run_id: str | None = None,
+           checked: bool = False):
+    """Stage `sample@<variant>-<sampler>-<scale>`: samples of one variant at one guidance scale.
+
+    `checked`: the caller already ran `preflight.sample` over all of its scales."""
     from gdm import distributed, launch
-    from gdm.pipeline import sample_dir, sample_stage_prefix, scale_tag
+    from gdm.pipeline import sample_stage_prefix, scale_tag
     from gdm.sampling import SampleRun
     from gdm.sampling import sample as run_sampling
 
-    unet = Path(unet) if unet else unet_path(cfg, variant)
     kind = cfg.sample.guidance
-    if classifier is None and scale > 0 and kind == "classifier":
-        classifier = classifier_path(cfg)
-    out = Path(out) if out else Path(sample_dir(cfg, variant, cfg.sample.sampler, scale, kind))
+    unet, classifier, out = sample_inputs(cfg, variant, scale, unet, classifier, out)
+    if not checked:
+        preflight.sample(cfg, [scale], unet, classifier, [out])
     if launch.wanted(cfg.sample.nproc):  # the resolved config (sample.guidance included) travels as the params file
         args = ["--variant", variant, "--scale", repr(float(scale)), "--unet", str(unet), "--out", str(out)]
         args += ["--classifier", str(classifier)] * (classifier is not None) + ["--quiet"] * (not progress)
@@ -274,11 +303,12 @@ def train_evaluator(cfg: Config, *, out: Path | None = None, progress: bool = Tr
     from gdm.evaluation import train_evaluator_model
 
     out = Path(out) if out else runs(cfg) / "evaluator"
-    write_config(cfg, out)
+    preflight.train_evaluator(cfg, dataset_dir(cfg), out)
     with tracked(cfg, "train-evaluator", "train-evaluator", parent_run_id) as run:
         run.log_params({f"evaluator.{k}": v for k, v in cfg.evaluator.model_dump().items()})
         with progress_bar("train-evaluator", cfg.evaluator.steps, enabled=progress) as bar:
             result = train_evaluator_model(cfg, dataset_dir(cfg), out, progress=bar)
+        write_config(cfg, out)  # after the work: a refusal on the way leaves no folder behind
         run.log_metrics({"val_accuracy": result["val_accuracy"]})
         run.log_artifact(Path(result["model"]), "model")
         result["mlflow_run_id"] = run.id
@@ -364,6 +394,7 @@ def evaluate(cfg: Config, samples: Path, *, reference: Path | None = None, out: 
 
     reference = reference or dataset_dir(cfg)
     evaluator = evaluator or (evaluator_path(cfg) if cfg.eval.features == "evaluator" else None)
+    preflight.evaluate(cfg, Path(samples), Path(out) if out is not None else None, evaluator)
     meta = _sample_meta(Path(samples))
     upsampled = meta.get("stage") == "upsample"  # a two-stage result: its base stage says how it was sampled
     if upsampled:

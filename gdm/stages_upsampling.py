@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from gdm import preflight
 from gdm.config import Config
 from gdm.io import read_json
 from gdm.progress import progress_bar
@@ -21,11 +22,10 @@ from gdm.stages import (
     OnLog,
     _log_rows,
     _register,
-    classifier_path,
     dataset_dir,
     runs,
+    sample_inputs,
     tracked,
-    unet_path,
     write_config,
 )
 
@@ -50,6 +50,8 @@ def train_upsampler(cfg: Config, *, out: Path | None = None, resume: bool = True
     from gdm.train.targets import UPSAMPLER
 
     out = Path(out) if out else upsampler_dir(cfg)
+    # nothing is written (or launched) before every input is checked
+    preflight.train(cfg, dataset_dir(cfg), out, net="upsampler", train_section="upsampler_train")
     tc = cfg.upsampler_train
     if launch.wanted(tc.nproc):
         args = ["--out", str(out), "--resume" if resume else "--no-resume"]
@@ -58,12 +60,13 @@ def train_upsampler(cfg: Config, *, out: Path | None = None, resume: bool = True
         return launch.run_stage(cfg, "train-upsampler", args, nproc=tc.nproc, device=tc.device,
                                 parent_run_id=parent_run_id)
     world = distributed.init(tc.device)
-    cfg_file = write_config(cfg, out) if world.is_main else out / "config.yaml"
+    cfg_file = out / "config.yaml"  # written by the trainer once its own checks pass (on_start)
     with tracked(cfg, "train-upsampler", "train-upsampler", parent_run_id, system_metrics=True) as run:
         run.log_params(cfg.flat())
         with progress_bar("train-upsampler", tc.steps, enabled=progress and world.is_main) as bar:
             result = train_diffusion(cfg, dataset_dir(cfg), out, resume=resume, progress=bar, target=UPSAMPLER,
-                                     restart_on_mismatch=restart_on_mismatch, on_log=_log_rows(run, on_log))
+                                     restart_on_mismatch=restart_on_mismatch, on_log=_log_rows(run, on_log),
+                                     on_start=(lambda: write_config(cfg, out)) if world.is_main else None)
         for f in (Path(result["model"]), cfg_file, out / "metrics.csv"):
             run.log_artifact(f, "model")
         result["model_version"] = _register(cfg, run, f"{cfg.tracking.unet_model_name}-upsampler", "model",
@@ -75,18 +78,19 @@ def train_upsampler(cfg: Config, *, out: Path | None = None, resume: bool = True
 
 def sample_upsampled(cfg: Config, variant: str, scale: float, *, unet: Path | None = None,
                      upsampler: Path | None = None, classifier: Path | None = None, out: Path | None = None,
-                     progress: bool = True, parent_run_id: str | None = None):
+                     progress: bool = True, parent_run_id: str | None = None, checked: bool = False):
     """Stage `sample-up@<variant>-<sampler>-<scale>`: the variant's low-resolution model sampled at `scale`
-    (classifier guidance uses the low-resolution classifier), then upsampled. Returns (final, low) runs."""
-    from gdm.pipeline import sample_up_dir, scale_tag
+    (classifier guidance uses the low-resolution classifier), then upsampled. Returns (final, low) runs.
+
+    `checked`: the caller already ran `preflight.sample` (with the upsampler) over all of its scales."""
+    from gdm.pipeline import scale_tag
     from gdm.upsampling import sample_two_stage
 
-    unet = Path(unet) if unet else unet_path(cfg, variant, low_res=True)
-    upsampler = Path(upsampler) if upsampler else upsampler_path(cfg)
     kind = cfg.sample.guidance
-    if classifier is None and scale > 0 and kind == "classifier":
-        classifier = classifier_path(cfg, low_res=True)
-    out = Path(out) if out else Path(sample_up_dir(cfg, variant, cfg.sample.sampler, scale))
+    upsampler = Path(upsampler) if upsampler else upsampler_path(cfg)
+    unet, classifier, out = sample_inputs(cfg, variant, scale, unet, classifier, out, low_res=True)
+    if not checked:  # every input (the upsampler too) before the base stage starts
+        preflight.sample(cfg, [scale], unet, classifier, [out], upsampler=upsampler)
     name = f"sample-up@{variant}-{cfg.sample.sampler}-{scale_tag(scale)}"
     with tracked(cfg, "sample-up", name, parent_run_id) as run:
         run.log_params({f"sample.{k}": v for k, v in cfg.sample.model_dump(mode="json").items()})

@@ -25,7 +25,7 @@ from gdm import distributed
 from gdm.config import SampleConfig
 from gdm.data.dataset import to_float
 from gdm.diffusion import build_schedule, sample_seed
-from gdm.errors import ConfigError
+from gdm.errors import ConfigError, GdmError
 from gdm.io import load_checkpoint, read_json, sha256_file, write_json
 from gdm.metrics.npz import read_samples
 from gdm.models import load_model
@@ -39,6 +39,7 @@ from gdm.sampling import (
     generate_chunks,
     sample,
 )
+from gdm.sampling_guards import OutputClaim
 
 UPSAMPLE_STREAM = 0x5A3D  # stage 2 noise is unrelated to stage 1's (both are seeded from sample.seed)
 LOW_DIR = "low"
@@ -109,7 +110,6 @@ def upsample(upsampler_path: str | Path, low_npz: str | Path, out_dir: str | Pat
     chunk_dir = out_dir / f".{name}.chunks"
     key = {"upsampler": sha256_file(upsampler_path), "low": sha256_file(low_npz),
            **up_sc.model_dump(mode="json", exclude={"batch_size", "device", "nproc"})}
-    n_chunks, extra = generate_chunks(chunk_dir, key, up_sc, lambda idx: labels[idx], make_batch, world, progress)
 
     def assemble() -> None:
         npz = out_dir / f"{name}.npz"
@@ -127,7 +127,10 @@ def upsample(upsampler_path: str | Path, low_npz: str | Path, out_dir: str | Pat
         _labelled_grid(npz, out_labels, out_dir / f"{name}.png", name)
         shutil.rmtree(chunk_dir, ignore_errors=True)
 
-    world.on_main(assemble, "assembling the upsampled samples")
+    with OutputClaim(out_dir, name, world) as output:  # one writer; a refusal leaves nothing unfinished
+        n_chunks, extra = generate_chunks(chunk_dir, key, up_sc, lambda idx: labels[idx], make_batch, world,
+                                          progress, claim=output.claim)
+        world.on_main(assemble, "assembling the upsampled samples")
     return SampleRun(out_dir / f"{name}.npz", out_dir / f"{name}.png", out_dir / f"{name}.json")
 
 
@@ -140,6 +143,12 @@ def sample_two_stage(base_unet: str | Path, upsampler: str | Path, out_dir: str 
     """
     base_unet, upsampler, out_dir = Path(base_unet), Path(upsampler), Path(out_dir)
     check_pair(base_unet, upsampler)
-    low = sample(base_unet, out_dir / LOW_DIR, sc, scale, classifier_path=classifier_path, progress=progress)
-    final = upsample(upsampler, low.npz, out_dir, sc, progress=progress)
+    created = not out_dir.exists()
+    try:
+        low = sample(base_unet, out_dir / LOW_DIR, sc, scale, classifier_path=classifier_path, progress=progress)
+        final = upsample(upsampler, low.npz, out_dir, sc, progress=progress)
+    except GdmError:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # the base stage was refused before it wrote anything: no empty folder left
+        raise
     return final, low

@@ -44,6 +44,9 @@ def evaluate(
     over = list(set_ or []) + ([f"eval.reference={split}"] if split else [])
     cfg = config_from(params, over)
     if write_reference:
+        from gdm.io import check_file_target
+
+        check_file_target(write_reference, "--write-reference")
         path = write_reference_batch(cfg, reference or stages.dataset_dir(cfg), write_reference, cfg.eval.reference,
                                      evaluator)
         Console().print(f"reference batch: {path}")

@@ -48,12 +48,13 @@ def import_adm(
     set_: SetOpt = None,
 ) -> None:
     """Convert a released guided-diffusion checkpoint (loaded with weights_only=True, checked key by key)."""
-    from gdm.io import sha256_file
+    from gdm.io import check_file_target, sha256_file
     from gdm.nn.adm_import import import_adm_checkpoint
     from gdm.nn.presets import get_preset
 
     config_from(params, set_)  # unused, validated for uniformity
     get_preset(preset)  # unknown name -> ConfigError listing the known presets
+    check_file_target(out, "--out")  # before the (large) checkpoint is read
     info = import_adm_checkpoint(preset, checkpoint, out)
     for key, value in (("preset", info["preset"]), ("kind", info["kind"]),
                        ("parameters", f"{info['config']['import']['parameters']:,}"), ("source", checkpoint),

@@ -134,7 +134,7 @@ def sample(
     Resumable: rerunning after an interruption generates only the missing chunks (under any number of
     processes: chunks are split over torchrun ranks and the npz is the same).
     """
-    from gdm import stages, stages_upsampling
+    from gdm import preflight, stages, stages_upsampling
 
     overrides = _nproc(set_, "sample", nproc)
     for key, value in (("sampler", sampler), ("respacing", respacing), ("eta", eta), ("num_samples", num_samples),
@@ -144,12 +144,20 @@ def sample(
     if scale:
         overrides.append(f"sample.scales=[{', '.join(map(str, scale))}]")
     cfg = config_from(params, overrides)
+    scales = cfg.sample.scales
+    inputs = [stages.sample_inputs(cfg, variant, s, unet, classifier, out, low_res=upsample is not None)
+              for s in scales]
+    guide = next((c for _, c, _ in inputs if c is not None), None)
+    # every input of every scale (a mistyped --classifier or --upsample too) is checked before the first sample
+    preflight.sample(cfg, scales, inputs[0][0], guide, [o for _, _, o in inputs], upsampler=upsample)
     c = Console(quiet=not _reports())
-    for s in cfg.sample.scales:
+    for s in scales:
         if upsample is not None:
             final, low = stages_upsampling.sample_upsampled(cfg, variant, s, unet=unet, upsampler=upsample,
-                                                            classifier=classifier, out=out, progress=not quiet)
+                                                            classifier=classifier, out=out, progress=not quiet,
+                                                            checked=True)
             c.print(f"scale {s:g}: {final.npz}  grid {final.grid}  (low-res stage: {low.npz})")
             continue
-        run = stages.sample(cfg, variant, s, unet=unet, classifier=classifier, out=out, progress=not quiet)
+        run = stages.sample(cfg, variant, s, unet=unet, classifier=classifier, out=out, progress=not quiet,
+                            checked=True)
         c.print(f"scale {s:g}: {run.npz}  grid {run.grid}")

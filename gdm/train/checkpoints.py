@@ -34,8 +34,23 @@ class CheckpointDir:
         return self.path(steps[-1]) if steps else None
 
     def load_latest(self) -> dict[str, Any] | None:
+        """The newest checkpoint; one holding NaN/inf weights (model, EMA) is refused, naming the tensor."""
+        from gdm.models import check_finite
+
         latest = self.latest()
-        return load_checkpoint(latest) if latest else None
+        if latest is None:
+            return None
+        state = load_checkpoint(latest)
+        check_finite(state.get("model") or {}, latest, "weight")
+        for rate, ema in (state.get("ema") or {}).items():
+            check_finite(ema, latest, f"EMA {rate} weight")
+        return state
+
+    def kept_message(self, every: int) -> str:
+        latest = self.latest()
+        if latest is None:
+            return f"No checkpoint had been written yet (one every {every} steps), so none is kept."
+        return f"The last good checkpoint is kept: {latest}."
 
     def save(self, step: int, payload: dict[str, Any]) -> Path:
         path = self.path(step)

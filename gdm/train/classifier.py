@@ -27,6 +27,7 @@ from gdm.data.reader import RowReader, StepReader
 from gdm.diffusion import build_schedule, model_timesteps, q_sample, sample_seed
 from gdm.errors import ConfigError
 from gdm.io import save_checkpoint
+from gdm.locks import sweep_stale
 from gdm.models import FORMAT, build, classifier_kwargs
 from gdm.progress import SILENT, Bar
 from gdm.train.batches import dropout_seed, position_generators, position_noise
@@ -67,7 +68,8 @@ NOT_FINGERPRINTED = {"classifier_train.steps", "classifier_train.log_every", "cl
 
 def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *, resume: bool = True,
                      restart_on_mismatch: bool = False, progress: Bar = SILENT,
-                     on_log: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+                     on_log: Callable[[int, dict], None] | None = None,
+                     on_start: Callable[[], Any] | None = None) -> dict[str, Any]:
     tc = cfg.classifier_train
     run_dir = Path(run_dir)
     world = distributed.init(tc.device)
@@ -105,6 +107,11 @@ def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, 
         precision.scaler.load_state_dict(state["scaler"])
         start = int(state["step"])
     log.truncate(start)
+    if world.is_main:  # every check passed: the run's first files may be written now
+        if on_start is not None:
+            on_start()
+        sweep_stale(run_dir)  # temporaries of a killed run (a live writer's are locked)
+        sweep_stale(ckpts.root, "ckpt-")
     net = world.wrap(model, device)
 
     def payload(step: int) -> dict[str, Any]:
@@ -134,7 +141,7 @@ def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, 
         loss = float(stats[0]) / B
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"train-classifier: loss became non-finite at step {step + 1}; stopping. "
-                                f"Last good checkpoint: {ckpts.latest()}")
+                                f"{ckpts.kept_message(tc.checkpoint_every)} Try a lower classifier_train.lr.")
         precision.step(opt, model.parameters(), None)
         seen += B
         done = step + 1
@@ -154,8 +161,8 @@ def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, 
         if done % tc.checkpoint_every == 0 or done == tc.steps:
             world.check_same(model.state_dict(), f"train-classifier step {done}")
             if world.is_main:
+                log.write()  # rows first: a kill between the two never leaves a checkpoint without its rows
                 ckpts.save(done, payload(done))
-                log.write()
         progress.advance(loss=loss)
 
     final = run_dir / MODEL_FILE

@@ -36,6 +36,7 @@ from gdm.data.dataset import read_manifest
 from gdm.data.reader import StepReader
 from gdm.diffusion import build_schedule, create_timestep_sampler, training_losses
 from gdm.errors import ConfigError
+from gdm.locks import sweep_stale
 from gdm.models import FORMAT, build
 from gdm.progress import SILENT, Bar
 from gdm.train.batches import dropout_seed, position_generators, position_noise
@@ -83,7 +84,8 @@ def not_fingerprinted(train_section: str) -> set[str]:
 
 def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *, resume: bool = True,
                     restart_on_mismatch: bool = False, progress: Bar = SILENT,
-                    on_log: OnLog | None = None, target: Target = UNET) -> dict[str, Any]:
+                    on_log: OnLog | None = None, target: Target = UNET,
+                    on_start: Callable[[], Any] | None = None) -> dict[str, Any]:
     tc, net_cfg = target.train_config(cfg), target.net_config(cfg)
     run_dir = Path(run_dir)
     world = distributed.init(tc.device)
@@ -128,6 +130,11 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
         ema = {r: {k: v.to(device) for k, v in sd.items()} for r, sd in state["ema"].items()}
         start, ema_updates = int(state["step"]), int(state["ema_updates"])
     log.truncate(start)
+    if world.is_main:  # every check passed: the run's first files may be written now
+        if on_start is not None:
+            on_start()
+        sweep_stale(run_dir)  # temporaries of a killed run (a live writer's are locked)
+        sweep_stale(ckpts.root, "ckpt-")
     net = world.wrap(model, device)  # DDP (broadcasts rank 0's weights) or the model itself
 
     def payload(step: int) -> dict[str, Any]:
@@ -177,8 +184,9 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
             bad_streak += 1
             if tc.precision != "fp16" or bad_streak > 20:
                 raise NonFiniteLoss(
-                    f"train: loss became non-finite at step {step + 1} ({totals}); stopping. The last good "
-                    f"checkpoint is kept: {ckpts.latest()}. Try a lower train.lr or train.precision fp32."
+                    f"{target.train}: loss became non-finite at step {step + 1} ({totals}); stopping. "
+                    f"{ckpts.kept_message(tc.checkpoint_every)} Try a lower {target.train}.lr or "
+                    f"{target.train}.precision fp32."
                 )
         else:
             bad_streak = 0
@@ -203,8 +211,8 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
             world.check_same({**model.state_dict(), **{f"ema.{r}.{k}": v for r, sd in ema.items()
                                                         for k, v in sd.items()}}, f"train step {done}")
             if world.is_main:
+                log.write()  # rows first: a kill between the two never leaves a checkpoint without its rows
                 ckpts.save(done, payload(done))
-                log.write()
         progress.advance(loss=totals["loss"])
 
     final = run_dir / MODEL_FILE
