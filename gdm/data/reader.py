@@ -164,12 +164,17 @@ class BlockCache:
         return np.stack(images), labels
 
     def _decode(self, data: bytes, b: int) -> np.ndarray:
+        name = self.index.shards[self.index.blocks[b].shard]
         try:
-            return decode_png(data)
+            image = decode_png(data)
         except Exception as exc:
-            name = self.index.shards[self.index.blocks[b].shard]
             raise DataError(f"{self.index.manifest.shard_url(name)}: an image of row group "
                             f"{self.index.blocks[b].row_group} is not a valid PNG: {exc}") from None
+        m = self.index.manifest
+        if image.shape != (m.resolution, m.resolution, m.channels):
+            raise DataError(f"{m.shard_url(name)}: an image of row group {self.index.blocks[b].row_group} is "
+                            f"{image.shape} (H, W, C), the manifest says {(m.resolution, m.resolution, m.channels)}")
+        return image
 
 
 class StepReader(torch.utils.data.Dataset):

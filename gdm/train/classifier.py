@@ -107,6 +107,8 @@ def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, 
         precision.scaler.load_state_dict(state["scaler"])
         start = int(state["step"])
     log.truncate(start)
+    train.batch(start)  # the first batch is read before anything is written: a corrupt shard or image is
+    # refused without debris (with a small split, all of it is read and cached here)
     if world.is_main:  # every check passed: the run's first files may be written now
         if on_start is not None:
             on_start()

@@ -130,6 +130,8 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
         ema = {r: {k: v.to(device) for k, v in sd.items()} for r, sd in state["ema"].items()}
         start, ema_updates = int(state["step"]), int(state["ema_updates"])
     log.truncate(start)
+    data.batch(start)  # the first batch is read before anything is written: a corrupt shard or image is
+    # refused without debris (with a small split, all of it is read and cached here)
     if world.is_main:  # every check passed: the run's first files may be written now
         if on_start is not None:
             on_start()
