@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gdm import stages  # noqa: E402
-from gdm.config import validate  # noqa: E402
+from gdm import stages
+from gdm.config import validate
 
 TINY = {
     "unet": {"model_channels": 32, "channel_mult": [1, 2], "attention_resolutions": [4]},
@@ -61,7 +61,7 @@ def silent_server() -> tuple[str, callable]:
 
 
 class _Answer500(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self.send_response(500)
         self.end_headers()
 
