@@ -283,7 +283,7 @@ def report_with_corrupt_eval_json(w, tmp):
 def samples_npz_object_array(w, tmp):
     p = tmp / "objects.npz"
     np.savez(p, arr_0=np.array([{"x": 1}] * 6, dtype=object))
-    return evaluate_argv(w, tmp, p), [str(p), "object array"]
+    return evaluate_argv(w, tmp, p), [str(p), "object"]
 
 
 @case("decode")
@@ -305,7 +305,7 @@ def samples_npy_not_npz(w, tmp):
     p = tmp / "bare.npz"
     with open(p, "wb") as f:
         np.save(f, np.zeros((6, 8, 8, 1), np.uint8))
-    return evaluate_argv(w, tmp, p), [str(p), ".npy"]
+    return evaluate_argv(w, tmp, p), [str(p), ".npz"]
 
 
 @case("decode")
