@@ -444,7 +444,8 @@ def _float_keys() -> list[tuple[str, bool]]:
 
 
 _COMMAND_OF = {"data": "prepare", "classifier_train": "train-classifier", "classifier": "train-classifier",
-               "evaluator": "train-evaluator", "eval": "evaluate", "sample": "sample"}
+               "evaluator": "train-evaluator", "eval": "evaluate", "sample": "sample",
+               "upsampler": "train-upsampler", "upsampler_train": "train-upsampler"}
 
 
 def _nonfinite_case(key: str, is_list: bool, text: str):
@@ -762,3 +763,128 @@ def tracking_uri_is_a_text_file(w, tmp):
 @case("value")
 def train_lr_that_overflows_the_optimizer(w, tmp):
     return ["train", "-q", "--params", w.params, "--set", "train.lr=1e38"], ["train.lr", "1e+38"]
+
+
+# ------------------------------------------------------- the study's inputs (ADM-U, classifier-free)
+def superres_checkpoint(w, tmp: Path, low_resolution: int, edit: Callable[[dict], None] | None = None) -> Path:
+    """A real (untrained) ADM-U checkpoint for the world's dataset, upsampling from `low_resolution`."""
+    from gdm.config import validate
+    from gdm.data.dataset import read_manifest
+    from gdm.io import save_checkpoint
+    from gdm.models import FORMAT, build
+    from gdm.train.targets import UPSAMPLER
+
+    cfg = validate({**w.raw, "upsampler": {**w.raw["upsampler"], "low_resolution": low_resolution}})
+    manifest = read_manifest(w.dataset)
+    kw = UPSAMPLER.model_kwargs(cfg, manifest)
+    ckpt = {"format": FORMAT, "kind": "superres", "model_kwargs": kw, "model": build("superres", kw).state_dict(),
+            "step": 0, "config": cfg.to_dict(), "data": manifest.info()}
+    if edit is not None:
+        edit(ckpt)
+    p = tmp / "upsampler.pt"
+    save_checkpoint(p, ckpt)
+    return p
+
+
+def upsample_argv(w, tmp: Path, upsampler: Path, *more) -> list:
+    return sample_argv(w, tmp, "--unet", w.unet, "--upsample", upsampler, *more)
+
+
+@case("debris")
+def sample_upsample_missing_checkpoint(w, tmp):
+    up = tmp / "upsampler.pt"
+    return upsample_argv(w, tmp, up), [str(up), "not found", "gdm train-upsampler"]
+
+
+@case("debris")
+def sample_upsample_with_a_unet_checkpoint(w, tmp):
+    return upsample_argv(w, tmp, w.unet), [str(w.unet), "'unet'", "'superres'"]
+
+
+@case("debris")
+def sample_upsample_from_another_low_resolution(w, tmp):
+    up = superres_checkpoint(w, tmp, 4)  # upsamples 4x4 while the base UNet samples 8x8
+    return upsample_argv(w, tmp, up), [str(up), "8x8x1", "4x4x1"]
+
+
+@case("debris")
+def sample_upsample_default_low_res_model_missing(w, tmp):
+    up = superres_checkpoint(w, tmp, 4)
+    return sample_argv(w, tmp, "--upsample", up), ["unet-low", "not found", "--low-res"]
+
+
+@case("decode")
+def sample_upsample_checkpoint_garbage(w, tmp):
+    up = tmp / "upsampler.pt"
+    up.write_bytes(b"PK\x03\x04 not really a zip" * 10)
+    return upsample_argv(w, tmp, up), [str(up)]
+
+
+@case("value")
+def sample_upsampler_weights_nan(w, tmp):
+    def poison(ck):
+        ck["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                       for k, v in ck["model"].items()}
+
+    up = superres_checkpoint(w, tmp, 4, poison)
+    return upsample_argv(w, tmp, up), [str(up), "NaN"]
+
+
+@case("debris")
+def sample_free_guidance_without_class_dropout(w, tmp):
+    return (sample_argv(w, tmp, "--unet", w.unet, "--guidance", "free", "--scale", "1.0"),
+            [str(w.unet), "class_dropout", "sample.guidance"])
+
+
+@case("value")
+def sample_guidance_kind_unknown(w, tmp):
+    return sample_argv(w, tmp, "--unet", w.unet, "--guidance", "both"), ["sample.guidance", "both"]
+
+
+@case("value")
+def upsampler_low_resolution_not_below_its_output(w, tmp):
+    return (["train-upsampler", "-q", "--params", w.params, "--set", "upsampler.low_resolution=8",
+             "--out", tmp / "up"], ["upsampler.low_resolution", "8"])
+
+
+@case("value")
+def upsampler_train_resolution_above_the_data(w, tmp):
+    return (["train-upsampler", "-q", "--params", w.params, "--set", "upsampler_train.resolution=64",
+             "--out", tmp / "up"], ["upsampler_train.resolution", "64"])
+
+
+@case("value")
+def class_dropout_on_an_unconditional_unet(w, tmp):
+    return (["train", "-q", "--params", w.params, "--set", "unet.num_classes=null", "--set", "unet.class_dropout=0.1",
+             "--out", tmp / "run"], ["class_dropout", "0.1"])
+
+
+@case("value")
+def pipeline_free_guidance_model_without_dropout(w, tmp):
+    return (["train", "-q", "--params", w.params, "--set", "pipeline.free_guidance=[cond]", "--out", tmp / "run"],
+            ["pipeline.free_guidance", "cond", "class_dropout"])
+
+
+@case("debris")
+def train_upsampler_missing_dataset(w, tmp):
+    return (["train-upsampler", "-q", "--params", w.params, "--set", f"data.out_dir={tmp / 'none'}",
+             "--out", tmp / "up"], [str(tmp / "none")])
+
+
+@case("debris")
+def train_upsampler_device_without_cuda(w, tmp):
+    return (["train-upsampler", "-q", "--params", w.params, "--set", "upsampler_train.device=cuda",
+             "--out", tmp / "up"], ["upsampler_train.device", "cuda"])
+
+
+@case("debris")
+def train_upsampler_num_classes_mismatch(w, tmp):
+    return (["train-upsampler", "-q", "--params", w.params, "--set", "upsampler.num_classes=7",
+             "--out", tmp / "up"], ["upsampler.num_classes", "7", "10"])
+
+
+@case("fs")
+def train_upsampler_out_is_a_file(w, tmp):
+    f = tmp / "up"
+    f.write_text("not a folder")
+    return ["train-upsampler", "-q", "--params", w.params, "--out", f], [str(f)]
