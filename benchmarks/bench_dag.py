@@ -58,7 +58,7 @@ def run(mode: str, root: Path) -> dict:
         raise SystemExit(f"{mode}: exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     rows = json.loads((root / "reports/summary.json").read_text())
     return {"wall": wall, "load_before": load0, "load_after": os.getloadavg()[0],
-            "metrics": {f"{r['variant']}/{r['sampler']}/{r['scale']}": {k: r[k] for k in
+            "metrics": {f"{r['variant']}/{r['sampler']}/{r.get('guidance', 'classifier')}/{r['scale']}": {k: r[k] for k in
                                                                            ("fid", "sfid", "is", "precision", "recall",
                                                                             "accuracy")} for r in rows}}
 
