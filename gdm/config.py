@@ -71,6 +71,14 @@ class _Section(BaseModel):
         return _check_device(v)
 
 
+# torch.compile modes (gdm/accel.py); "none" runs eagerly. YAML false/true read as none/default.
+CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+
+def _compile_mode(v: Any) -> Any:
+    return {False: "none", True: "default"}[v] if isinstance(v, bool) else v
+
+
 # ----------------------------------------------------------------------------------------- data
 class DataConfig(_Section):
     source: Literal["digits", "imagefolder", "cifar10", "npz"] = "digits"
@@ -239,6 +247,9 @@ class TrainConfig(_Section):
     # Train at this resolution: the prepared images are area-downsampled on the fly (ADM-U's low-res
     # view); null: as prepared. The low-resolution base models of the upsampling study use it.
     resolution: int | None = Field(None, ge=1, le=1024)
+    compile: CompileMode = "none"  # torch.compile the model + loss (same math up to fp32 rounding)
+
+    _compile = field_validator("compile", mode="before")(classmethod(lambda cls, v: _compile_mode(v)))
 
     @field_validator("ema_rates")
     @classmethod
@@ -305,6 +316,9 @@ class SampleConfig(_Section):
     chunk_size: int = Field(250, ge=1, le=MAX_SAMPLES)  # samples per resumable chunk file
     device: str = "auto"
     nproc: int = Field(1, ge=1, le=4096)  # >1: `gdm sample` re-launches itself through torchrun (chunks split over ranks)
+    compile: CompileMode = "none"  # torch.compile the UNet and the guidance classifier
+
+    _compile = field_validator("compile", mode="before")(classmethod(lambda cls, v: _compile_mode(v)))
 
     @field_validator("scales", mode="before")
     @classmethod

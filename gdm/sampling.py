@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from gdm import distributed
+from gdm.accel import compile_fn
 from gdm.config import SampleConfig
 from gdm.data.dataset import to_uint8
 from gdm.diffusion import (
@@ -54,6 +55,10 @@ class SampleRun:
     npz: Path
     grid: Path
     meta: Path
+
+
+# Settings that do not change what a sample is (beyond float rounding): chunks made under other values are reused.
+NOT_IN_CHUNK_KEY = {"batch_size", "device", "nproc", "compile"}
 
 
 def requested_labels(rule: str, indices: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
@@ -117,6 +122,7 @@ def sample(unet_path: str | Path, out_dir: str | Path, sc: SampleConfig, scale: 
     if classifier_path is not None and scale > 0 and not free:
         classifier, cck = load_model(classifier_path, kind="classifier", device=device)
         check_same_schedule(cfg, cck["diffusion"], unet_path, Path(classifier_path))
+    model, classifier = compiled_for_sampling(model, classifier, sc.compile, device)
     schedule = build_schedule(cfg["diffusion"]["noise_schedule"], cfg["diffusion"]["diffusion_steps"], sc.respacing)
     num_classes = int(ckpt["data"]["num_classes"])
     requested_labels(sc.labels, np.arange(1), num_classes, sc.seed)  # a bad labels rule is refused up front
@@ -128,7 +134,7 @@ def sample(unet_path: str | Path, out_dir: str | Path, sc: SampleConfig, scale: 
     chunk_dir = out_dir / f".{name}.chunks"
     key = {"unet": sha256_file(unet_path), "scale": scale,
            "classifier": sha256_file(classifier_path) if classifier is not None else None,
-           **sc.model_dump(mode="json", exclude={"batch_size", "device", "nproc"})}
+           **sc.model_dump(mode="json", exclude=NOT_IN_CHUNK_KEY)}
 
     def make_batch(indices: np.ndarray, labels: np.ndarray) -> torch.Tensor:
         y = torch.from_numpy(labels).to(device)
@@ -238,17 +244,28 @@ def _chunk_len(sc: SampleConfig, c: int) -> int:
     return min(sc.chunk_size, sc.num_samples - c * sc.chunk_size)
 
 
+def compiled_for_sampling(model, classifier, mode: str, device):
+    """`sample.compile`: the UNet and the guidance classifier through torch.compile (attributes such as
+    num_classes still read through); unchanged for "none" or where no compiler is available."""
+    model = compile_fn(model, mode, device, key="sample.compile")
+    return model, None if classifier is None else compile_fn(classifier, mode, device, key="sample.compile")
+
+
 def _sample_batch(model, classifier, schedule, sc: SampleConfig, scale: float, indices: np.ndarray,
                   y: torch.Tensor, shape: tuple, device, model_kwargs: dict | None = None) -> torch.Tensor:
     """`model_kwargs`: extra per-sample network inputs (the upsampler's `low_res`), fixed over the steps."""
     conditional = model.num_classes is not None
     extra = model_kwargs or {}
 
+    def net(x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        with torch.inference_mode():  # the UNet needs no autograd state (guidance differentiates the classifier)
+            return model(x_t, t, y=labels, **extra)
+
     def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return model(x_t, t, y=y if conditional else None, **extra)
+        return net(x_t, t, y if conditional else None)
 
     if sc.guidance == "free":  # classifier-free: the model function itself is guided
-        model_fn = classifier_free_guidance(lambda x_t, t, labels: model(x_t, t, labels), y, model.null_label, scale)
+        model_fn = classifier_free_guidance(net, y, model.null_label, scale)
     cond_fn = None
     if classifier is not None:
         if (y < 0).any():

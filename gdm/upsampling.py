@@ -31,11 +31,13 @@ from gdm.metrics.npz import read_samples
 from gdm.models import load_model
 from gdm.progress import SILENT, Bar
 from gdm.sampling import (
+    NOT_IN_CHUNK_KEY,
     SampleRun,
     _labelled_grid,
     _num_steps,
     _sample_batch,
     assemble_chunks,
+    compiled_for_sampling,
     generate_chunks,
     sample,
 )
@@ -84,6 +86,7 @@ def upsample(upsampler_path: str | Path, low_npz: str | Path, out_dir: str | Pat
     progress = progress if world.is_main else SILENT
     device = world.device(sc.device)
     model, ckpt = load_model(upsampler_path, use_ema=sc.use_ema, kind="superres", device=device)
+    model, _ = compiled_for_sampling(model, None, sc.compile, device)
     low_images, labels = read_samples(low_npz)
     n, h, w, c = low_images.shape
     if (h, w, c) != (model.small_size, model.small_size, model.in_channels):
@@ -109,7 +112,7 @@ def upsample(upsampler_path: str | Path, low_npz: str | Path, out_dir: str | Pat
     name = f"{low_npz.stem}-up-{up_sc.sampler}-{up_sc.respacing}"
     chunk_dir = out_dir / f".{name}.chunks"
     key = {"upsampler": sha256_file(upsampler_path), "low": sha256_file(low_npz),
-           **up_sc.model_dump(mode="json", exclude={"batch_size", "device", "nproc"})}
+           **up_sc.model_dump(mode="json", exclude=NOT_IN_CHUNK_KEY)}
 
     def assemble() -> None:
         npz = out_dir / f"{name}.npz"

@@ -209,7 +209,8 @@ class UNet(nn.Module):
                 raise GdmError(f"labels y must be an integer tensor of shape ({n},), got "
                                f"{tuple(y.shape)} {y.dtype}")
             hi = self.label_emb.num_embeddings  # num_classes (+1: the null label of classifier-free guidance)
-            if n and (int(y.min()) < 0 or int(y.max()) >= hi):
+            # value check in eager only: under torch.compile it would split the graph (data-dependent)
+            if n and not torch.compiler.is_compiling() and (int(y.min()) < 0 or int(y.max()) >= hi):
                 null = f" (label {self.null_label} is the null label)" if self.null_label is not None else ""
                 raise GdmError(f"labels y must lie in [0, {hi}){null}, got values in "
                                f"[{int(y.min())}, {int(y.max())}]")

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from gdm import distributed
+from gdm.accel import compile_fn, standard_layout
 from gdm.config import Config, check_loss_and_variance
 from gdm.data.dataset import read_manifest
 from gdm.data.reader import StepReader
@@ -69,7 +70,8 @@ def check_labels(cfg: Config, manifest, section: str = "unet") -> None:
 # the number of ranks and the micro-batch size change only the order of the gradient sums, so an
 # 8-GPU run resumes on 4 GPUs with micro-batches).
 NOT_FINGERPRINTED = {"train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                     "train.device", "train.num_workers", "train.nproc", "train.microbatch"}
+                     "train.device", "train.num_workers", "train.nproc", "train.microbatch",
+                     "train.compile"}
 
 
 def check_world(batch_size: int, world: distributed.World, key: str) -> None:
@@ -148,6 +150,11 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
             "data": manifest.info(), "rng": {"torch": torch.get_rng_state()}, "world_size": world.size,
         }
 
+    def losses(xb, tb, nb, yb, eb):  # the network (DDP-wrapped under torchrun) and ADM's loss
+        return training_losses(schedule, lambda xt, tt: net(xt, tt, y=yb, **eb), xb, tb, noise=nb,
+                               loss_type=cfg.diffusion.loss_type, learn_sigma=net_cfg.learn_sigma)
+
+    losses = compile_fn(losses, tc.compile, device, key=f"{target.train}.compile")  # one graph, or eager
     params = [p for p in model.parameters() if p.requires_grad]
     micro = B if tc.microbatch <= 0 else tc.microbatch
     bad_streak, t0, seen = 0, time.perf_counter(), 0
@@ -167,12 +174,11 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
         starts = range(0, len(y), micro)
         for i, s in enumerate(starts):
             sl = slice(s, s + micro)
-            xb, tb, nb, wb = (v[sl].to(device) for v in (x0, t, noise, weights))
+            xb, tb, nb, wb = (standard_layout(v[sl].to(device)) for v in (x0, t, noise, weights))
             yb = y[sl].to(device) if net_cfg.num_classes is not None else None
-            eb = {k: v[sl].to(device) for k, v in extra.items()}
+            eb = {k: standard_layout(v[sl].to(device)) for k, v in extra.items()}
             with distributed.accumulate(net, last=i == len(starts) - 1), precision.autocast():
-                terms = training_losses(schedule, lambda xt, tt, yb=yb, eb=eb: net(xt, tt, y=yb, **eb), xb, tb,
-                                        noise=nb, loss_type=cfg.diffusion.loss_type, learn_sigma=net_cfg.learn_sigma)
+                terms = losses(xb, tb, nb, yb, eb)
                 # full-batch mean over micro-batches and ranks (DDP averages gradients over ranks)
                 loss = (terms["loss"].float() * wb).sum() / B * world.size
                 precision.backward(loss)
