@@ -34,15 +34,17 @@ MODELS = {
                "unet": {}},  # params.yaml's unet section
     "adm32": {"size": 32, "channels": 3, "batch": {"cpu": 32, "cuda": 256},
               "unet": {"model_channels": 64, "channel_mult": [1, 2, 2], "num_res_blocks": 2,
-                       "attention_resolutions": [16, 8], "num_head_channels": 64}},
+                       "attention_resolutions": [16, 8], "num_head_channels": 64},
+              },
 }
 
 
 def worker(args: argparse.Namespace) -> None:
     import torch
+    import yaml
 
     from gdm import distributed
-    from gdm.config import load_config
+    from gdm.config import DiffusionConfig, UNetConfig
     from gdm.diffusion import build_schedule, create_timestep_sampler, training_losses
     from gdm.models import build, unet_kwargs
     from gdm.train.batches import position_generators, position_noise
@@ -50,14 +52,17 @@ def worker(args: argparse.Namespace) -> None:
     spec = MODELS[args.model]
     world = distributed.init(args.device)
     device = world.device(args.device)
-    cfg = load_config(ROOT / "params.yaml", [f"unet.{k}={json.dumps(v)}" for k, v in spec["unet"].items()]
-                      + [f"data.resolution={spec['size']}"])
+    # params.yaml's unet and diffusion sections with the model's overrides (only these two are used: the
+    # rest of params.yaml, sized for 8x8 digits, need not be valid at 32x32)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    unet = UNetConfig(**{**raw["unet"], **spec["unet"]})
+    diffusion = DiffusionConfig(**raw["diffusion"])
     torch.manual_seed(0)
-    model = build("unet", unet_kwargs(cfg.unet, spec["size"], spec["channels"])).to(device)
+    model = build("unet", unet_kwargs(unet, spec["size"], spec["channels"])).to(device)
     net = world.wrap(model, device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    schedule = build_schedule(cfg.diffusion.noise_schedule, cfg.diffusion.diffusion_steps)
-    sampler = create_timestep_sampler("uniform", cfg.diffusion.diffusion_steps)
+    schedule = build_schedule(diffusion.noise_schedule, diffusion.diffusion_steps)
+    sampler = create_timestep_sampler("uniform", diffusion.diffusion_steps)
     B = args.batch * (world.size if args.weak else 1)
     data = torch.rand(B, spec["channels"], spec["size"], spec["size"]) * 2 - 1
     y = torch.arange(B) % 10
