@@ -25,9 +25,12 @@ def recorder(monkeypatch):
     spans: dict[str, tuple[float, float]] = {}
     lock = threading.Lock()
     fail: set[str] = set()
+    meet: dict[str, threading.Barrier] = {}  # stages that wait for each other: they pass only if all run at once
 
     def fake(cfg, stage, parent_run_id, progress):
         t0 = time.monotonic()
+        if stage.name in meet:
+            meet[stage.name].wait(timeout=120)  # BrokenBarrierError (the stage fails) if they ran one after another
         time.sleep(1.0 if stage.kind.startswith("train") else 0.05)
         with lock:
             spans[stage.name] = (t0, time.monotonic())
@@ -36,7 +39,7 @@ def recorder(monkeypatch):
         return {"fake": stage.name}
 
     monkeypatch.setattr(ft, "execute", fake)
-    return spans, fail
+    return spans, fail, meet
 
 
 def _cfg(tmp_path, mlflow_template_db, sections=None, **pipeline):
@@ -62,10 +65,12 @@ def _run(cfg, names=None):
 
 
 def test_independent_stages_run_together_and_after_their_inputs(tmp_path, mlflow_template_db, recorder):
-    spans, _ = recorder
+    spans, _, meet = recorder
+    together = threading.Barrier(len(TRAINS))  # timing-free: each waits until all three have started
+    meet.update(dict.fromkeys(TRAINS, together))
     cfg = _cfg(tmp_path, mlflow_template_db)
     _run(cfg)
-    # the three 1 s training stages (inputs: prepare only) ran at the same time, not one after another
+    # the three training stages (inputs: prepare only) ran at the same time, not one after another
     assert max(spans[n][0] for n in TRAINS) < min(spans[n][1] for n in TRAINS), {n: spans[n] for n in TRAINS}
     from gdm.pipeline import stage_graph
 
@@ -75,7 +80,7 @@ def test_independent_stages_run_together_and_after_their_inputs(tmp_path, mlflow
 
 
 def test_failed_stage_fails_only_its_dependants(tmp_path, mlflow_template_db, recorder):
-    spans, fail = recorder
+    spans, fail, _ = recorder
     cfg = _cfg(tmp_path, mlflow_template_db, models={"cond": {}, "uncond": {"unet.num_classes": None}})
     fail.add("train@uncond")
     with pytest.raises(StageFailures) as err:
@@ -91,7 +96,7 @@ def test_failed_stage_fails_only_its_dependants(tmp_path, mlflow_template_db, re
 
 
 def test_single_gpu_slot_serialises_gpu_stages(tmp_path, mlflow_template_db, recorder):
-    spans, _ = recorder
+    spans, _, _ = recorder
     # pipeline.gpus 1 with device auto: train@cond and train-classifier each want the one GPU
     auto = {"device": "auto"}
     cfg = _cfg(tmp_path, mlflow_template_db, {"train": auto, "classifier_train": auto}, gpus=1)
