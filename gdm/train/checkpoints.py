@@ -12,6 +12,7 @@ from typing import Any
 
 from gdm.errors import CheckpointError
 from gdm.io import load_checkpoint, save_checkpoint
+from gdm.locks import sweep_stale
 
 _NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
 
@@ -137,3 +138,15 @@ def resume_on_every_rank(ckpts: CheckpointDir, world, fingerprint: dict[str, Any
             "run directory on shared storage"
         )
     return load_checkpoint(path)
+
+
+def begin_run(world, reader, start: int, on_start, run_dir, ckpts: CheckpointDir) -> None:
+    """Both trainers' last step before their first write: read the first batch (a corrupt shard or image is
+    refused without debris; with a small split all of it is read and cached here), then, on rank 0 only,
+    `on_start` (config.yaml etc.) and the sweep of a killed run's temporaries (a live writer's are locked)."""
+    reader.batch(start)
+    if world.is_main:
+        if on_start is not None:
+            on_start()
+        sweep_stale(run_dir)
+        sweep_stale(ckpts.root, "ckpt-")

@@ -27,11 +27,10 @@ from gdm.data.reader import RowReader, StepReader
 from gdm.diffusion import build_schedule, model_timesteps, q_sample, sample_seed
 from gdm.errors import ConfigError
 from gdm.io import save_checkpoint
-from gdm.locks import sweep_stale
 from gdm.models import FORMAT, build, classifier_kwargs
 from gdm.progress import SILENT, Bar
 from gdm.train.batches import dropout_seed, position_generators, position_noise
-from gdm.train.checkpoints import READER_KEYS, CheckpointDir, fingerprint, resume_on_every_rank
+from gdm.train.checkpoints import READER_KEYS, CheckpointDir, begin_run, fingerprint, resume_on_every_rank
 from gdm.train.diffusion import check_world
 from gdm.train.optim import NonFiniteLoss, Precision, lr_at, set_lr
 from gdm.train.runlog import MetricsLog
@@ -107,13 +106,7 @@ def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, 
         precision.scaler.load_state_dict(state["scaler"])
         start = int(state["step"])
     log.truncate(start)
-    train.batch(start)  # the first batch is read before anything is written: a corrupt shard or image is
-    # refused without debris (with a small split, all of it is read and cached here)
-    if world.is_main:  # every check passed: the run's first files may be written now
-        if on_start is not None:
-            on_start()
-        sweep_stale(run_dir)  # temporaries of a killed run (a live writer's are locked)
-        sweep_stale(ckpts.root, "ckpt-")
+    begin_run(world, train, start, on_start, run_dir, ckpts)
     net = world.wrap(model, device)
 
     def payload(step: int) -> dict[str, Any]:

@@ -37,11 +37,10 @@ from gdm.data.dataset import read_manifest
 from gdm.data.reader import StepReader
 from gdm.diffusion import build_schedule, create_timestep_sampler, training_losses
 from gdm.errors import ConfigError
-from gdm.locks import sweep_stale
 from gdm.models import FORMAT, build
 from gdm.progress import SILENT, Bar
 from gdm.train.batches import dropout_seed, position_generators, position_noise
-from gdm.train.checkpoints import READER_KEYS, CheckpointDir, fingerprint, resume_on_every_rank
+from gdm.train.checkpoints import READER_KEYS, CheckpointDir, begin_run, fingerprint, resume_on_every_rank
 from gdm.train.optim import (
     NonFiniteLoss,
     Precision,
@@ -132,13 +131,7 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
         ema = {r: {k: v.to(device) for k, v in sd.items()} for r, sd in state["ema"].items()}
         start, ema_updates = int(state["step"]), int(state["ema_updates"])
     log.truncate(start)
-    data.batch(start)  # the first batch is read before anything is written: a corrupt shard or image is
-    # refused without debris (with a small split, all of it is read and cached here)
-    if world.is_main:  # every check passed: the run's first files may be written now
-        if on_start is not None:
-            on_start()
-        sweep_stale(run_dir)  # temporaries of a killed run (a live writer's are locked)
-        sweep_stale(ckpts.root, "ckpt-")
+    begin_run(world, data, start, on_start, run_dir, ckpts)
     net = world.wrap(model, device)  # DDP (broadcasts rank 0's weights) or the model itself
 
     def payload(step: int) -> dict[str, Any]:
