@@ -47,7 +47,7 @@ from gdm.config import SampleConfig
 from gdm.diffusion import build_schedule, create_timestep_sampler, training_losses
 from gdm.nn import EncoderUNet, UNet
 from gdm.sampling import _sample_batch, compiled_for_sampling
-from gdm.train.optim import Precision, ema_update
+from gdm.train.optim import Precision, adamw, ema_update
 
 TRAIN_CONFIGS = {  # name -> (UNet kwargs, batch)
     "digits": ({"image_size": 8, "in_channels": 1, "model_channels": 32, "channel_mult": (1, 2),
@@ -152,11 +152,11 @@ def report(figure: str, med: dict[str, float], per_call: int, unit: str, baselin
 
 
 # ------------------------------------------------------------------------------------- train
-def gdm_train_step(model, batch, device, precision: str, compile_mode: str) -> Callable[[], None]:
-    """The loop body of gdm.train.diffusion for one (non-micro-batched) step."""
+def gdm_train_step(model, batch, device, precision: str, compile_mode: str, fused: bool = True) -> Callable[[], None]:
+    """The loop body of gdm.train.diffusion for one (non-micro-batched) step (fused: train.fused_optimizer)."""
     x0, t, noise, y = batch
     schedule = build_schedule("cosine", 1000)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999))
+    opt = adamw(model.parameters(), lr=1e-4, weight_decay=0.0, fused=fused, key="train.fused_optimizer")
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     prec = Precision(precision, device)
     weights = torch.ones(len(x0), device=device)
@@ -221,6 +221,7 @@ def bench_train(args, ref, device, out) -> None:
                 rm16 = ref_unet(ref, kw).to(device)
                 rm16.load_state_dict(base.state_dict())
                 variants["ref-fp16"] = ref_train_step(ref, rm16, batch, use_fp16=True)
+        variants["gdm-fp32-unfused"] = gdm_train_step(copy.deepcopy(base), batch, device, "fp32", "none", fused=False)
         for prec in ("fp32", "bf16"):
             for mode in ("none", args.compile) if args.compile != "none" else ("none",):
                 label = f"gdm-{prec}" + ("" if mode == "none" else f"-compile[{mode}]")

@@ -248,6 +248,7 @@ class TrainConfig(_Section):
     # view); null: as prepared. The low-resolution base models of the upsampling study use it.
     resolution: int | None = Field(None, ge=1, le=1024)
     compile: CompileMode = "none"  # torch.compile the model + loss (same math up to fp32 rounding)
+    fused_optimizer: bool = True  # AdamW as one fused kernel (same update up to fp32 rounding); false: torch's loop
 
     _compile = field_validator("compile", mode="before")(classmethod(lambda cls, v: _compile_mode(v)))
 
@@ -283,6 +284,7 @@ class ClassifierTrainConfig(_Section):
     num_workers: int = Field(0, ge=0)  # DataLoader workers decoding training batches
     nproc: int = Field(1, ge=1, le=4096)  # >1: `gdm train-classifier` re-launches itself through torchrun
     resolution: int | None = Field(None, ge=1, le=1024)  # as train.resolution
+    fused_optimizer: bool = True  # as train.fused_optimizer
 
 
 class EvaluatorConfig(_Section):

@@ -246,7 +246,14 @@ def _chunk_len(sc: SampleConfig, c: int) -> int:
 
 def compiled_for_sampling(model, classifier, mode: str, device):
     """`sample.compile`: the UNet and the guidance classifier through torch.compile (attributes such as
-    num_classes still read through); unchanged for "none" or where no compiler is available."""
+    num_classes still read through); unchanged for "none" or where no compiler is available.
+    Sampling trains nothing, so no weight asks for a gradient: guidance differentiates the classifier
+    with respect to x_t only. (Eager autograd skips the weight gradients of torch.autograd.grad(.., x_t)
+    anyway; a compiled backward graph computes what requires_grad asks for: measured, this halves
+    the classifier's compiled backward, 217 -> 101 ms of a 1.02 s guided DDIM-10 batch of 250.)"""
+    model.requires_grad_(False)
+    if classifier is not None:
+        classifier.requires_grad_(False)
     model = compile_fn(model, mode, device, key="sample.compile")
     return model, None if classifier is None else compile_fn(classifier, mode, device, key="sample.compile")
 

@@ -170,3 +170,22 @@ def test_compiled_guided_sampling_matches_eager(tmp_path, digits_dir):
         fast = _sample_batch(m, c, schedule, sc, 2.0, idx, y, (1, 8, 8), "cpu")
         torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
         assert not torch.equal(plain, _sample_batch(unet, None, schedule, sc, 0.0, idx, y, (1, 8, 8), "cpu"))
+
+
+def test_sampling_asks_no_weight_gradients():
+    """Guidance differentiates the classifier w.r.t. x_t only; a compiled backward graph would otherwise
+    compute every weight gradient too (compiled_for_sampling switches them off for both networks)."""
+    from gdm.nn import EncoderUNet, UNet
+
+    unet = UNet(image_size=8, in_channels=1, model_channels=32, channel_mult=(1,), num_res_blocks=1,
+                attention_resolutions=(), num_classes=10)
+    clf = EncoderUNet(image_size=8, in_channels=1, model_channels=32, out_channels=10, channel_mult=(1,),
+                      num_res_blocks=1, attention_resolutions=(), num_head_channels=32)
+    m, c = compiled_for_sampling(unet, clf, "none", "cpu")
+    assert (m, c) == (unet, clf)
+    assert not any(p.requires_grad for p in [*unet.parameters(), *clf.parameters()])
+    from gdm.diffusion import classifier_guidance
+
+    x = torch.randn(2, 1, 8, 8)
+    grad = classifier_guidance(c, 1.0, torch.tensor([1, 2]))(x, torch.tensor([10, 500]))
+    assert grad.shape == x.shape and grad.abs().sum() > 0  # the gradient w.r.t. x_t still flows

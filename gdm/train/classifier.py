@@ -32,7 +32,7 @@ from gdm.progress import SILENT, Bar
 from gdm.train.batches import dropout_seed, position_generators, position_noise
 from gdm.train.checkpoints import READER_KEYS, CheckpointDir, begin_run, fingerprint, resume_on_every_rank
 from gdm.train.diffusion import check_world
-from gdm.train.optim import NonFiniteLoss, Precision, lr_at, set_lr
+from gdm.train.optim import NonFiniteLoss, Precision, adamw, lr_at, set_lr
 from gdm.train.runlog import MetricsLog
 
 MODEL_FILE = "classifier.pt"
@@ -62,7 +62,7 @@ def accuracy_by_quartile(model: torch.nn.Module, schedule, val: RowReader, *, se
 
 NOT_FINGERPRINTED = {"classifier_train.steps", "classifier_train.log_every", "classifier_train.checkpoint_every",
                      "classifier_train.keep_checkpoints", "classifier_train.eval_every", "classifier_train.device",
-                     "classifier_train.num_workers", "classifier_train.nproc"}
+                     "classifier_train.num_workers", "classifier_train.nproc", "classifier_train.fused_optimizer"}
 
 
 def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *, resume: bool = True,
@@ -89,7 +89,8 @@ def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, 
     kwargs = classifier_kwargs(cfg.classifier, res, manifest.channels, manifest.num_classes)
     model = build("classifier", kwargs).to(device)
     schedule = build_schedule(cfg.diffusion.noise_schedule, cfg.diffusion.diffusion_steps)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    opt = adamw(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=tc.fused_optimizer,
+                key="classifier_train.fused_optimizer")
     precision = Precision(tc.precision, device)
     ckpts = CheckpointDir(run_dir / "checkpoints", tc.keep_checkpoints)
     log = MetricsLog(run_dir / "metrics.csv")

@@ -44,6 +44,7 @@ from gdm.train.checkpoints import READER_KEYS, CheckpointDir, begin_run, fingerp
 from gdm.train.optim import (
     NonFiniteLoss,
     Precision,
+    adamw,
     ema_rate,
     ema_update,
     lr_at,
@@ -70,7 +71,7 @@ def check_labels(cfg: Config, manifest, section: str = "unet") -> None:
 # 8-GPU run resumes on 4 GPUs with micro-batches).
 NOT_FINGERPRINTED = {"train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
                      "train.device", "train.num_workers", "train.nproc", "train.microbatch",
-                     "train.compile"}
+                     "train.compile", "train.fused_optimizer"}
 
 
 def check_world(batch_size: int, world: distributed.World, key: str) -> None:
@@ -110,7 +111,8 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
     model = build(target.kind, kwargs).to(device)
     schedule = build_schedule(cfg.diffusion.noise_schedule, cfg.diffusion.diffusion_steps)
     ts_sampler = create_timestep_sampler(cfg.diffusion.timestep_sampler, cfg.diffusion.diffusion_steps)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.999))
+    opt = adamw(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=tc.fused_optimizer,
+                key=f"{target.train}.fused_optimizer")
     ema = {str(r): {k: v.detach().clone() for k, v in model.state_dict().items()} for r in tc.ema_rates}
     precision = Precision(tc.precision, device)
     ckpts = CheckpointDir(run_dir / "checkpoints", tc.keep_checkpoints)

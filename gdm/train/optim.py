@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import torch
 
-from gdm.errors import GdmError
+from gdm.errors import ConfigError, GdmError
 
 
 class NonFiniteLoss(GdmError):
@@ -35,14 +35,36 @@ def ema_rate(rate: float, num_updates: int, warmup: bool) -> float:
     return min(rate, (1.0 + num_updates) / (10.0 + num_updates)) if warmup else rate
 
 
+def adamw(params, *, lr: float, weight_decay: float, fused: bool, key: str,
+          betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
+    """torch's AdamW (Loshchilov & Hutter 2019). fused=True: one fused kernel per parameter group
+    instead of a Python loop of small ops per tensor; the same update up to float32 rounding (the
+    optimizer state has the same format, so a run resumes across a change of `key`)."""
+    params = list(params)
+    if not fused:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, fused=True)
+    except RuntimeError as exc:  # e.g. a device type without a fused kernel
+        devices = sorted({p.device.type for p in params})
+        raise ConfigError(f"{key}: true, but torch has no fused AdamW for {', '.join(devices)} ({exc}); "
+                       f"set {key}: false") from None
+
+
 @torch.no_grad()
 def ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, rate: float) -> None:
-    """ema <- rate * ema + (1 - rate) * theta, for every floating-point parameter and buffer."""
+    """ema <- rate * ema + (1 - rate) * theta, for every floating-point parameter and buffer (one
+    multi-tensor multiply and add: the same per-element operations as a loop of mul_/add_)."""
+    floats, values = [], []
     for name, value in model.state_dict().items():
         if value.dtype.is_floating_point:
-            ema[name].mul_(rate).add_(value.detach(), alpha=1.0 - rate)
+            floats.append(ema[name])
+            values.append(value.detach())
         else:
             ema[name].copy_(value)
+    if floats:
+        torch._foreach_mul_(floats, rate)
+        torch._foreach_add_(floats, values, alpha=1.0 - rate)
 
 
 class Precision:

@@ -47,3 +47,43 @@ def test_gradient_clipping_bounds_the_norm():
     p.backward(model(torch.randn(8, 4) * 100).square().mean())
     _, norm = p.step(opt, model.parameters(), 0.5)
     assert norm > 0.5  # the reported norm is the pre-clip norm
+
+
+def test_fused_adamw_is_the_same_update_as_the_loop_within_fp32_rounding():
+    """train.fused_optimizer: torch's fused AdamW kernel against its per-tensor loop over 20 steps of a
+    small network (weight decay on, so every term of the update is exercised)."""
+    from gdm.train.optim import adamw
+
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.SiLU(), torch.nn.Linear(16, 3)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [adamw(n.parameters(), lr=1e-2, weight_decay=0.1, fused=f, key="train.fused_optimizer")
+            for n, f in zip(nets, (False, True), strict=True)]
+    assert opts[1].defaults["fused"] and not opts[0].defaults.get("fused")
+    g = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        x = torch.randn(32, 6, generator=g)
+        for net, opt in zip(nets, opts, strict=True):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # the state has one format: a loop optimizer resumes from a fused one's state and vice versa
+    opts[0].load_state_dict(opts[1].state_dict())
+    opts[1].load_state_dict(opts[0].state_dict())
+
+
+def test_ema_update_is_bit_identical_to_the_per_tensor_formula():
+    from gdm.train.optim import ema_update
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.BatchNorm2d(4))  # + an int64 buffer
+    ema = {k: v.clone() + 0.5 for k, v in net.state_dict().items()}
+    expected = {k: (e.mul(0.99).add(v, alpha=1.0 - 0.99) if v.dtype.is_floating_point else v.clone())
+                for (k, e), v in zip(ema.items(), net.state_dict().values(), strict=True)}
+    net.state_dict()["1.num_batches_tracked"].fill_(7)
+    expected["1.num_batches_tracked"] = torch.tensor(7)
+    ema_update(ema, net, 0.99)
+    for k, v in expected.items():
+        assert torch.equal(ema[k], v), k
