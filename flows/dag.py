@@ -83,7 +83,8 @@ def _annotations(cfg: Config, stage: Stage):
     need = {"CPU": res.threads} if cfg.pipeline.dask_address is None else {}
     if res.gpus:
         need["GPU"] = res.gpus
-    return dask.annotate(resources=need) if need else contextlib.nullcontext()
+    # Dask runs the higher priority first: the longest trainings before the short ones and the samples
+    return dask.annotate(priority=-res.priority, **({"resources": need} if need else {}))
 
 
 def _reason(future) -> str:

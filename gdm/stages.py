@@ -260,6 +260,7 @@ def sample(cfg: Config, variant: str, scale: float, *, unet: Path | None = None,
     from gdm.sampling import SampleRun
     from gdm.sampling import sample as run_sampling
 
+    cfg = cfg.for_sampling()  # sample.sampler_respacing resolved: what is logged is what was sampled
     kind = cfg.sample.guidance
     unet, classifier, out = sample_inputs(cfg, variant, scale, unet, classifier, out)
     if not checked:

@@ -86,6 +86,7 @@ def sample_upsampled(cfg: Config, variant: str, scale: float, *, unet: Path | No
     from gdm.pipeline import scale_tag
     from gdm.upsampling import sample_two_stage
 
+    cfg = cfg.for_sampling()  # the base stage's sample.sampler_respacing resolved
     kind = cfg.sample.guidance
     upsampler = Path(upsampler) if upsampler else upsampler_path(cfg)
     unet, classifier, out = sample_inputs(cfg, variant, scale, unet, classifier, out, low_res=True)

@@ -104,3 +104,13 @@ def test_with_overrides_returns_validated_copy():
     cfg = Config()
     uncond = cfg.with_overrides({"unet.num_classes": None})
     assert uncond.unet.num_classes is None and cfg.unet.num_classes == 10
+
+
+def test_sampler_respacing_resolves_per_sampler_once():
+    cfg = validate({"sample": {"respacing": "ddim25", "sampler_respacing": {"dpmpp2m": "ddim10"}}})
+    assert cfg.for_sampling() is cfg  # ddim: no entry, unchanged
+    solver = cfg.with_overrides({"sample.sampler": "dpmpp2m"}).for_sampling()
+    assert (solver.sample.respacing, solver.sample.sampler_respacing) == ("ddim10", {})
+    assert solver.for_sampling() is solver  # resolved configs stay as they are
+    with pytest.raises(ConfigError, match="sample.sampler_respacing"):
+        validate({"sample": {"sampler_respacing": {"euler": "ddim10"}}})

@@ -29,3 +29,9 @@ def test_every_stage_writes_its_resolved_config(tmp_path):
     assert written["unet"]["num_classes"] is None  # the variant's resolved config, not the base one
     run = stages.sample(cfg, "uncond", 0.0, progress=False)
     assert yaml.safe_load((run.npz.parent / "config.yaml").read_text())["sample"]["num_samples"] == 6
+    # sample.sampler_respacing: the solver samples on its own timesteps, and the config written says so
+    solver = cfg.with_overrides({"sample.sampler": "dpmpp2m", "sample.sampler_respacing": {"dpmpp2m": "3"}})
+    run = stages.sample(solver, "uncond", 0.0, progress=False, out=tmp_path / "solver")
+    assert run.npz.name == "dpmpp2m-3-scale0.npz"
+    written = yaml.safe_load((run.npz.parent / "config.yaml").read_text())["sample"]
+    assert (written["respacing"], written["sampler_respacing"]) == ("3", {})

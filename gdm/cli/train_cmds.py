@@ -141,9 +141,11 @@ def sample(
                        ("batch_size", batch_size), ("seed", seed), ("labels", labels), ("guidance", guidance)):
         if value is not None:
             overrides.append(f"sample.{key}={value}")
+    if respacing is not None:  # explicit timesteps for whichever sampler: no per-sampler entry applies
+        overrides.append("sample.sampler_respacing={}")
     if scale:
         overrides.append(f"sample.scales=[{', '.join(map(str, scale))}]")
-    cfg = config_from(params, overrides)
+    cfg = config_from(params, overrides).for_sampling()
     scales = cfg.sample.scales
     inputs = [stages.sample_inputs(cfg, variant, s, unet, classifier, out, low_res=upsample is not None)
               for s in scales]
