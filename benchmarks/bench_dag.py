@@ -3,6 +3,7 @@
     python benchmarks/bench_dag.py                       # today's `make demo` stage set (params.yaml)
     python benchmarks/bench_dag.py --fraction 0.1        # every step count x0.1 (a quick look)
     python benchmarks/bench_dag.py --modes seq,seq1,threads,dask
+    python benchmarks/bench_dag.py --set pipeline.samplers=[ddim]   # without the solver rows
 
 Each mode runs `python -m flows.pipeline` in its own fresh folder (own data, runs, MLflow store and
 Prefect cache, so nothing is reused), one mode after the other. Printed: wall time per mode, the speed-up
@@ -36,9 +37,16 @@ MODES = {
 STEP_KEYS = (("train", "steps"), ("classifier_train", "steps"), ("evaluator", "steps"))
 
 
-def make_project(dst: Path, fraction: float) -> None:
+def make_project(dst: Path, fraction: float, overrides: list[str] = ()) -> None:
     dst.mkdir(parents=True)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for item in overrides:  # key.path=YAML value, e.g. pipeline.samplers=[ddim]
+        key, _, value = item.partition("=")
+        *parents, leaf = key.split(".")
+        node = params
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = yaml.safe_load(value)
     if fraction != 1.0:
         for section, key in STEP_KEYS:
             params[section][key] = max(1, int(params[section][key] * fraction))
@@ -68,6 +76,8 @@ def main() -> None:
     ap.add_argument("--fraction", type=float, default=1.0, help="scale every training step count")
     ap.add_argument("--modes", default="seq,threads", help="comma list of: " + ", ".join(MODES))
     ap.add_argument("--keep", action="store_true", help="keep the project folders")
+    ap.add_argument("--set", action="append", default=[], help="override a params.yaml key for every mode, "
+                    "e.g. --set pipeline.samplers=[ddim] (the stage set of issue 11)")
     ap.add_argument("--json", help="also write every mode's wall time, load and metrics here")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="gdm-bench-dag-"))
@@ -75,7 +85,7 @@ def main() -> None:
     results = {}
     for mode in args.modes.split(","):
         root = base / mode
-        make_project(root, args.fraction)
+        make_project(root, args.fraction, args.set)
         results[mode] = r = run(mode, root)
         print(f"{mode:8s} {r['wall']:8.1f} s   load {r['load_before']:.1f} -> {r['load_after']:.1f}", flush=True)
     for ref_mode in ("seq", "seq1"):  # speed-up against each sequential run; metrics: seq1 is the like-for-like one

@@ -64,7 +64,6 @@ def train_evaluator_model(cfg: Config, dataset_dir: str | Path, out_dir: str | P
     if m.num_classes < 2:
         raise GdmError(f"train-evaluator: dataset {m.path} has no class labels")
     train, val = RowReader(m, "train"), RowReader(m, "val")
-    torch.manual_seed(ec.seed)
     net = EvaluatorNet(image_size=m.resolution, in_channels=m.channels, num_classes=m.num_classes,
                        width=ec.width, feature_dim=ec.feature_dim, seed=ec.seed)
     metrics = train_evaluator(

@@ -60,9 +60,14 @@ def classifier_kwargs(cfg: ClassifierConfig, image_size: int, channels: int, num
 
 
 def build(kind: str, kwargs: dict[str, Any]) -> torch.nn.Module:
+    """A freshly initialised network. Its constructors draw from torch's global generator, so this holds
+    `gdm.rng.GLOBAL_RNG`: no other thread's seeded initialisation is disturbed (call it in `seeded(seed)`
+    for seeded weights)."""
     from gdm.nn import build_model
+    from gdm.rng import GLOBAL_RNG
 
-    return build_model(kind, kwargs)
+    with GLOBAL_RNG:
+        return build_model(kind, kwargs)
 
 
 def load_model(path: str | Path, *, use_ema: bool = True, kind: str | None = None,

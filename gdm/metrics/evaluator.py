@@ -26,6 +26,7 @@ from torch import nn
 
 from gdm.errors import CheckpointError, GdmError
 from gdm.io import load_checkpoint, save_checkpoint
+from gdm.rng import seeded
 
 if TYPE_CHECKING:
     from gdm.data.reader import RowReader, TensorRows
@@ -61,8 +62,7 @@ class EvaluatorNet(nn.Module):
             "feature_dim": feature_dim,
             "spatial_channels": spatial_channels,
         }
-        with torch.random.fork_rng(devices=[]):  # explicit, reproducible initialisation
-            torch.manual_seed(seed)
+        with seeded(seed):  # explicit, reproducible initialisation (no other thread draws meanwhile)
             self._build(image_size, in_channels, num_classes, width, feature_dim)
 
     def _build(self, image_size, in_channels, num_classes, width, feature_dim):

@@ -23,6 +23,7 @@ import torch
 
 from gdm.errors import CheckpointError, GdmError
 from gdm.io import load_checkpoint, sha256_file
+from gdm.rng import seeded
 
 WEIGHTS_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = (
@@ -162,8 +163,7 @@ def make_random_inception_weights(path: str | os.PathLike, seed: int = 0) -> Pat
     with tempfile.TemporaryDirectory(prefix="gdm-inception-") as tmp:
         empty = Path(tmp) / "empty.pth"
         torch.save({}, empty)  # our own harmless file: the constructor insists on loading one
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             model = _NoLoad(EXTRACTOR_NAME, ["2048"], feature_extractor_weights_path=str(empty))
             for module in model.modules():  # He init keeps activations O(1) through the depth
                 if isinstance(module, torch.nn.Conv2d):

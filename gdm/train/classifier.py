@@ -29,6 +29,7 @@ from gdm.errors import ConfigError
 from gdm.io import save_checkpoint
 from gdm.models import FORMAT, build, classifier_kwargs
 from gdm.progress import SILENT, Bar
+from gdm.rng import draws_from_global_rng, seeded, step_rng
 from gdm.train.batches import dropout_seed, position_generators, position_noise
 from gdm.train.checkpoints import READER_KEYS, CheckpointDir, begin_run, fingerprint, resume_on_every_rank
 from gdm.train.diffusion import check_world
@@ -84,10 +85,11 @@ def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, 
     val = RowReader(manifest, "val")
     B = train.global_batch_size  # this rank reads rows train.slice of each step's global batch
     pos = range(train.slice.start, train.slice.stop)
-    torch.manual_seed(tc.seed)
     res = tc.resolution or manifest.resolution  # classifier_train.resolution: the low-res view (upsampling study)
     kwargs = classifier_kwargs(cfg.classifier, res, manifest.channels, manifest.num_classes)
-    model = build("classifier", kwargs).to(device)
+    with seeded(tc.seed):  # the initial weights, whatever other threads of this process draw
+        model = build("classifier", kwargs).to(device)
+    stochastic = draws_from_global_rng(model)
     schedule = build_schedule(cfg.diffusion.noise_schedule, cfg.diffusion.diffusion_steps)
     opt = adamw(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=tc.fused_optimizer,
                 key="classifier_train.fused_optimizer")
@@ -124,14 +126,14 @@ def train_classifier(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, 
         x0 = area_downsample(x0, res)  # classifier_train.resolution (the upsampling study's low-res view)
         t = torch.cat([torch.randint(0, schedule.num_timesteps, (1,), generator=g) for g in gens])
         x_t = q_sample(schedule, x0, t, position_noise(gens, tuple(x0.shape[1:])))
-        torch.manual_seed(dropout_seed(tc.seed, step, world.rank))
         set_lr(opt, lr_at(step, tc.lr, "linear" if tc.lr_anneal else "constant", tc.steps))
         opt.zero_grad(set_to_none=True)
-        with precision.autocast():
-            logits = net(x_t.to(device), model_timesteps(schedule, t).to(device))
-            loss_sum = F.cross_entropy(logits.float(), y.to(device), reduction="sum")
-        # the global batch mean: DDP averages the ranks' gradients of (sum / B * world_size)
-        precision.backward(loss_sum / B * world.size)
+        with step_rng(dropout_seed(tc.seed, step, world.rank), stochastic):  # dropout draws, if any
+            with precision.autocast():
+                logits = net(x_t.to(device), model_timesteps(schedule, t).to(device))
+                loss_sum = F.cross_entropy(logits.float(), y.to(device), reduction="sum")
+            # the global batch mean: DDP averages the ranks' gradients of (sum / B * world_size)
+            precision.backward(loss_sum / B * world.size)
         stats = world.all_reduce_sum(torch.tensor([float(loss_sum.detach()),
                                                    float((logits.argmax(-1).cpu() == y).sum())], dtype=torch.float64))
         loss = float(stats[0]) / B

@@ -39,6 +39,7 @@ from gdm.diffusion import build_schedule, create_timestep_sampler, training_loss
 from gdm.errors import ConfigError
 from gdm.models import FORMAT, build
 from gdm.progress import SILENT, Bar
+from gdm.rng import draws_from_global_rng, seeded, step_rng
 from gdm.train.batches import dropout_seed, position_generators, position_noise
 from gdm.train.checkpoints import READER_KEYS, CheckpointDir, begin_run, fingerprint, resume_on_every_rank
 from gdm.train.optim import (
@@ -106,9 +107,9 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
     B = data.global_batch_size  # this rank reads rows data.slice of each step's global batch
     pos = range(data.slice.start, data.slice.stop)
 
-    torch.manual_seed(tc.seed)
     kwargs = target.model_kwargs(cfg, manifest)
-    model = build(target.kind, kwargs).to(device)
+    with seeded(tc.seed):  # the initial weights, whatever other threads of this process draw
+        model = build(target.kind, kwargs).to(device)
     schedule = build_schedule(cfg.diffusion.noise_schedule, cfg.diffusion.diffusion_steps)
     ts_sampler = create_timestep_sampler(cfg.diffusion.timestep_sampler, cfg.diffusion.diffusion_steps)
     opt = adamw(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=tc.fused_optimizer,
@@ -154,6 +155,7 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
     micro = B if tc.microbatch <= 0 else tc.microbatch
     bad_streak, t0, seen = 0, time.perf_counter(), 0
     net.train()
+    stochastic = draws_from_global_rng(model)
     progress.advance(start)
     for step, (x0, y) in data.batches(start, tc.steps):
         gens = position_generators(tc.seed, step, pos)
@@ -161,26 +163,26 @@ def train_diffusion(cfg: Config, dataset_dir: str | Path, run_dir: str | Path, *
         t, weights = ts_sampler.sample_each(gens)
         noise = position_noise(gens, tuple(x0.shape[1:]))
         y = drop_labels(y, net_cfg.class_dropout, net_cfg.num_classes, gens)  # after each position's noise
-        torch.manual_seed(dropout_seed(tc.seed, step, world.rank))
         set_lr(opt, lr_at(step, tc.lr, tc.lr_schedule, tc.steps, tc.warmup_steps))
         opt.zero_grad(set_to_none=True)
         sums = torch.zeros(3, dtype=torch.float64)  # loss, mse, vb summed over this rank's rows
         per_sample = []
         starts = range(0, len(y), micro)
-        for i, s in enumerate(starts):
-            sl = slice(s, s + micro)
-            xb, tb, nb, wb = (standard_layout(v[sl].to(device)) for v in (x0, t, noise, weights))
-            yb = y[sl].to(device) if net_cfg.num_classes is not None else None
-            eb = {k: standard_layout(v[sl].to(device)) for k, v in extra.items()}
-            with distributed.accumulate(net, last=i == len(starts) - 1), precision.autocast():
-                terms = losses(xb, tb, nb, yb, eb)
-                # full-batch mean over micro-batches and ranks (DDP averages gradients over ranks)
-                loss = (terms["loss"].float() * wb).sum() / B * world.size
-                precision.backward(loss)
-            per_sample.append(terms["loss"].detach().float().cpu())
-            for j, k in enumerate(("loss", "mse", "vb")):
-                if k in terms:
-                    sums[j] += float(terms[k].detach().float().sum())
+        with step_rng(dropout_seed(tc.seed, step, world.rank), stochastic):  # dropout draws, if any
+            for i, s in enumerate(starts):
+                sl = slice(s, s + micro)
+                xb, tb, nb, wb = (standard_layout(v[sl].to(device)) for v in (x0, t, noise, weights))
+                yb = y[sl].to(device) if net_cfg.num_classes is not None else None
+                eb = {k: standard_layout(v[sl].to(device)) for k, v in extra.items()}
+                with distributed.accumulate(net, last=i == len(starts) - 1), precision.autocast():
+                    terms = losses(xb, tb, nb, yb, eb)
+                    # full-batch mean over micro-batches and ranks (DDP averages gradients over ranks)
+                    loss = (terms["loss"].float() * wb).sum() / B * world.size
+                    precision.backward(loss)
+                per_sample.append(terms["loss"].detach().float().cpu())
+                for j, k in enumerate(("loss", "mse", "vb")):
+                    if k in terms:
+                        sums[j] += float(terms[k].detach().float().sum())
         world.all_reduce_sum(sums)
         totals = {k: float(sums[j]) / B for j, k in enumerate(("loss", "mse", "vb"))}
         if not all(map(_finite, totals.values())):

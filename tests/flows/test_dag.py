@@ -105,3 +105,27 @@ def test_single_gpu_slot_serialises_gpu_stages(tmp_path, mlflow_template_db, rec
     assert b[0] >= a[1], "two stages held the single GPU at once"
     ev = spans["train-evaluator"]  # no GPU needed: it overlaps one of them
     assert ev[0] < a[1] or ev[0] < b[1]
+
+
+def test_local_dask_workers_keep_glibc_malloc_default():
+    """Dask's nanny would start workers with MALLOC_TRIM_THRESHOLD_=65536, which made every PyTorch
+    training step page-fault its activations in again (1.5x slower); the runner's LocalCluster doesn't."""
+    import copy
+    import os
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    from flows.dag import keep_malloc_default
+
+    key = "distributed.nanny.pre-spawn-environ"
+    before = copy.deepcopy(dask.config.get(key))
+    assert before.get("MALLOC_TRIM_THRESHOLD_") is not None  # dask's default, what the fix removes
+    try:
+        keep_malloc_default()
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            env = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+        assert list(env.values()) == [None]
+    finally:
+        dask.config.set({key: before})
