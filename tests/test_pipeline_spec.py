@@ -140,6 +140,7 @@ def _small(p: dict) -> dict:
     p["pipeline"]["free_guidance"] = []  # no classifier-free sweep: its matrix expands to nothing
     p["pipeline"]["upsampling_models"] = []  # nor low-res models: the upsampler and its classifier remain
     p["sample"]["scales"] = [0.0, 1.0]
+    p["pipeline"]["samplers"] = ["ddim"]
     p["pipeline"]["ablations"] = {"base": {}, "biggan": {"unet.resblock_updown": True}}
     return p
 
