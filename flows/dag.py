@@ -159,9 +159,8 @@ def ensure_limits(cfg: Config) -> None:
     """This host's CPU/GPU slots as Prefect global concurrency limits (created or resized)."""
     from prefect.client.orchestration import get_client
 
-    from flows.tasks import limit_names
+    from flows.tasks import limit_names, limit_sizes
 
-    cpu, gpu = limit_names()
     with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(cpu, host_cpus(cfg))
-        client.upsert_global_concurrency_limit_by_name(gpu, max(1, host_gpus(cfg)))
+        for name, size in zip(limit_names(), limit_sizes(cfg), strict=True):
+            client.upsert_global_concurrency_limit_by_name(name, size)

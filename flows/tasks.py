@@ -110,6 +110,12 @@ def limit_names(host: str | None = None) -> tuple[str, str]:
     return f"gdm-cpu@{host}", f"gdm-gpu@{host}"
 
 
+def limit_sizes(cfg: Config) -> tuple[int, int]:
+    """The slots of this host's two limits: its CPU threads, and its GPUs (at least one slot, so a limit
+    exists on a CPU-only host too)."""
+    return host_cpus(cfg), max(1, host_gpus(cfg))
+
+
 def set_torch_threads(n: int) -> None:
     import torch
 
@@ -165,15 +171,15 @@ def local_slots(name: str, capacity: int) -> LocalSlots:
 
 
 @contextlib.contextmanager
-def holding(res: Resources, cpus: int, gpus: int) -> Iterator[None]:
+def holding(res: Resources, sizes: tuple[int, int]) -> Iterator[None]:
     """Hold the stage's CPU threads and GPUs: first from this process's queues (priority order, no
     polling), then from this host's Prefect concurrency limits (shared with other processes)."""
     from prefect.concurrency.sync import concurrency
 
-    cpu, gpu = limit_names()
+    (cpu, gpu), (cpus, gpus) = limit_names(), sizes
     with contextlib.ExitStack() as stack:
         if res.gpus:
-            stack.enter_context(local_slots(gpu, max(1, gpus)).hold(res.gpus, res.priority))
+            stack.enter_context(local_slots(gpu, gpus).hold(res.gpus, res.priority))
             stack.enter_context(concurrency(gpu, occupy=res.gpus, strict=True))
         stack.enter_context(local_slots(cpu, cpus).hold(res.threads, res.priority))
         stack.enter_context(concurrency(cpu, occupy=res.threads, strict=True))
@@ -232,7 +238,7 @@ def run_stage(stage_name: str, config: dict[str, Any], parent_run_id: str | None
     logger = get_run_logger()
     # Light stages (prepare, evaluate, reports: seconds, one thread, no GPU) skip the limits: taking a
     # Prefect concurrency slot costs ~2 s per stage, more than they run.
-    slots = holding(res, host_cpus(cfg), host_gpus(cfg)) if limits and stage.kind in HEAVY_KINDS else None
+    slots = holding(res, limit_sizes(cfg)) if limits and stage.kind in HEAVY_KINDS else None
     with slots or contextlib.nullcontext():
         if own_threads:
             set_torch_threads(res.threads)

@@ -48,7 +48,7 @@ def adamw(params, *, lr: float, weight_decay: float, fused: bool, key: str,
     except RuntimeError as exc:  # e.g. a device type without a fused kernel
         devices = sorted({p.device.type for p in params})
         raise ConfigError(f"{key}: true, but torch has no fused AdamW for {', '.join(devices)} ({exc}); "
-                       f"set {key}: false") from None
+                          f"set {key}: false") from None
 
 
 @torch.no_grad()

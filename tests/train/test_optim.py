@@ -87,3 +87,24 @@ def test_ema_update_is_bit_identical_to_the_per_tensor_formula():
     ema_update(ema, net, 0.99)
     for k, v in expected.items():
         assert torch.equal(ema[k], v), k
+
+
+def test_fused_adamw_where_torch_has_none_names_the_key(monkeypatch):
+    import pytest
+
+    from gdm.errors import ConfigError
+    from gdm.train.optim import adamw
+
+    real = torch.optim.AdamW
+
+    def no_fused(params, **kw):
+        if kw.get("fused"):
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", no_fused)
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    with pytest.raises(ConfigError, match=r"classifier_train.fused_optimizer: true, but torch has no fused AdamW "
+                                          r"for cpu .*set classifier_train.fused_optimizer: false"):
+        adamw(params, lr=1e-3, weight_decay=0.0, fused=True, key="classifier_train.fused_optimizer")
+    assert adamw(params, lr=1e-3, weight_decay=0.0, fused=False, key="classifier_train.fused_optimizer")
