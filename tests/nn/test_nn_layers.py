@@ -4,7 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gdm.nn.layers import Downsample, GroupNorm32, ResBlock, Upsample, timestep_embedding
+from gdm.nn.layers import (
+    Downsample,
+    GroupNorm32,
+    ResBlock,
+    Upsample,
+    timestep_embedding,
+    upsample_nearest2x,
+)
 
 
 def test_timestep_embedding_closed_form():
@@ -98,6 +105,27 @@ def test_plain_resamplers():
                        .repeat_interleave(2, 3))
     assert list(Downsample(32, True).state_dict()) == ["op.weight", "op.bias"]
     assert list(Upsample(32, True).state_dict()) == ["conv.weight", "conv.bias"]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_traced_upsample_is_interpolate(channels_last):
+    """The form torch.compile traces (a 2x2 broadcast copy) has F.interpolate's values exactly and its
+    gradient (a sum of the four copies' gradients) to float32 rounding. backend="eager" runs the
+    traced graph with the ops themselves, so this checks the formulation, not inductor."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 5, 6, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    gy = torch.randn(3, 4, 10, 12, generator=g)
+    eager = F.interpolate(x, scale_factor=2, mode="nearest")
+    traced = torch.compile(upsample_nearest2x, backend="eager", fullgraph=True)(x)
+    assert torch.equal(upsample_nearest2x(x), eager) and torch.equal(traced, eager)
+    (g_eager,) = torch.autograd.grad(eager, x, gy)
+    (g_traced,) = torch.autograd.grad(traced, x, gy)
+    torch.testing.assert_close(g_traced, g_eager, rtol=1e-6, atol=1e-6)
+    blocks = gy.reshape(3, 4, 5, 2, 6, 2).sum((3, 5))  # the closed form: each input's 2x2 block
+    torch.testing.assert_close(g_traced, blocks, rtol=1e-6, atol=1e-6)
 
 
 def test_checkpointing_gives_same_gradients(randomize):
