@@ -142,6 +142,22 @@ def interleave(variants: dict[str, Callable[[], object]], rounds: int, warmup: i
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def machine_speed(device: torch.device) -> float:
+    """GFLOP/s of a float32 1024^3 matmul right now: a yardstick printed at the start and the end, since
+    a shared machine's speed drifts (neighbours are not always visible in the load average). Ratios
+    within one run stay comparable; absolute times only at similar yardsticks."""
+    a = torch.randn(1024, 1024, device=device)
+    b = torch.randn(1024, 1024, device=device)
+    torch.mm(a, b)
+    sync(device)
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < 0.5:
+        torch.mm(a, b)
+        n += 1
+    sync(device)
+    return 2 * 1024**3 * n / (time.perf_counter() - t0) / 1e9
+
+
 def report(figure: str, med: dict[str, float], per_call: int, unit: str, baseline: str | None, out: dict) -> None:
     out.setdefault(figure, {})
     for name, sec in med.items():
@@ -369,9 +385,11 @@ def main() -> None:
             flags = {w for line in f if line.startswith("flags") for w in line.split()}
         native = sorted(flags & {"avx512_bf16", "amx_bf16"})
         print(f"# CPU bf16 support: {', '.join(native) if native else 'none found (bf16 is emulated: expect it slower)'}")
+    speed = machine_speed(device)
     print(f"# device {device} threads {torch.get_num_threads()} torch {torch.__version__} rounds {args.rounds} "
-          f"load(1 min) {load:.2f} reference {args.reference or '-'}", flush=True)
-    out: dict = {"device": str(device), "threads": torch.get_num_threads(), "load_start": load}
+          f"load(1 min) {load:.2f} fp32 matmul {speed:.0f} GFLOP/s reference {args.reference or '-'}", flush=True)
+    out: dict = {"device": str(device), "threads": torch.get_num_threads(), "load_start": load,
+                 "matmul_gflops_start": speed}
     figures = args.figures.split(",")
     with contextlib.ExitStack():
         if "train" in figures:
@@ -381,7 +399,8 @@ def main() -> None:
         if "mfu" in figures:
             bench_mfu(args, device, out)
     out["load_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# load(1 min) at the end {out['load_end']:.2f}")
+    out["matmul_gflops_end"] = machine_speed(device)
+    print(f"# load(1 min) at the end {out['load_end']:.2f}, fp32 matmul {out['matmul_gflops_end']:.0f} GFLOP/s")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 
