@@ -93,7 +93,7 @@ def upsample_nearest2x(x: torch.Tensor) -> torch.Tensor:
     Eagerly this is F.interpolate itself (the reference's op, bit for bit). Under torch.compile it is
     a broadcast copy into 2x2 blocks: the same forward values, and a backward that is a 2x2 block
     sum, which inductor vectorises, where F.interpolate's backward lowers to an indexed scatter-add
-    (32x32/C64 compiled training step 2-5 % faster in three interleaved A/B runs; gradients equal to
+    (32x32/C64 compiled training step 2-4 % faster in three interleaved A/B runs; gradients equal to
     float32 rounding).
     """
     if not torch.compiler.is_compiling():
