@@ -27,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from gdm.config import parse_override, set_dotted
+
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {
     "seq": ["pipeline.max_parallel=1", "pipeline.stage_threads=" + str(os.cpu_count() or 1)],  # the old demo
@@ -40,13 +42,8 @@ STEP_KEYS = (("train", "steps"), ("classifier_train", "steps"), ("evaluator", "s
 def make_project(dst: Path, fraction: float, overrides: list[str] = ()) -> None:
     dst.mkdir(parents=True)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for item in overrides:  # key.path=YAML value, e.g. pipeline.samplers=[ddim]
-        key, _, value = item.partition("=")
-        *parents, leaf = key.split(".")
-        node = params
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[leaf] = yaml.safe_load(value)
+    for item in overrides:  # key.path=YAML value, e.g. pipeline.samplers=[ddim]: the CLI's --set rules
+        set_dotted(params, *parse_override(item), origin=f"--set {item}")
     if fraction != 1.0:
         for section, key in STEP_KEYS:
             params[section][key] = max(1, int(params[section][key] * fraction))
