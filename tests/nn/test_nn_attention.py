@@ -91,3 +91,33 @@ def test_attention_pool_names_and_shapes():
     assert sd["positional_embedding"].shape == (64, 17)
     assert sd["qkv_proj.weight"].shape == (192, 64, 1) and sd["c_proj.weight"].shape == (10, 64, 1)
     assert pool(torch.randn(3, 64, 4, 4)).shape == (3, 10)
+
+
+@pytest.mark.parametrize("order", ["legacy", "new"])
+def test_qkv_reach_sdpa_contiguous_so_fused_kernels_qualify(order):
+    """Fused SDPA kernels (CPU flash here; flash/mem-efficient/cuDNN on CUDA) need stride(-1) == 1:
+    from CPU_CONTIGUOUS_MIN_LENGTH positions on, attention runs with only the flash backend allowed
+    (the math fallback off) and still equals the formula."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from gdm.nn.attention import CPU_CONTIGUOUS_MIN_LENGTH, split_qkv
+
+    length = CPU_CONTIGUOUS_MIN_LENGTH
+    qkv = torch.randn(2, 3 * 2 * 32, length, generator=torch.Generator().manual_seed(3))
+    q, k, v = split_qkv(qkv, 2, order)
+    assert all(t.shape == (2, 2, length, 32) and t.is_contiguous() for t in (q, k, v))
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        out = qkv_attention(qkv, 2, order)
+    torch.testing.assert_close(out, reference_attention(qkv, 2, order), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("order", ["legacy", "new"])
+def test_split_layouts_hold_the_same_values(order):
+    """Below the threshold a CPU keeps transposed views; both layouts are the same q, k, v."""
+    from gdm.nn.attention import split_qkv
+
+    qkv = torch.randn(2, 3 * 2 * 8, 16, generator=torch.Generator().manual_seed(4))
+    views = split_qkv(qkv, 2, order)
+    assert all(t.stride(-1) == 16 for t in views)
+    for a, b in zip(views, split_qkv(qkv, 2, order, contiguous=True)):
+        assert b.is_contiguous() and torch.equal(a, b)
