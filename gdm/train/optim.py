@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 
 import torch
@@ -93,7 +92,10 @@ class Precision:
     def step(self, opt: torch.optim.Optimizer, params, grad_clip: float | None) -> tuple[bool, float]:
         """Unscale, optionally clip, step. Returns (stepped, grad_norm)."""
         self.scaler.unscale_(opt)
-        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else math.inf)
+        if grad_clip:
+            norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        else:  # the norm only: clip_grad_norm_(inf) would multiply every gradient by 1.0
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
         self.scaler.step(opt)
         self.scaler.update()

@@ -1,5 +1,6 @@
 """Mixed-precision step: dynamic loss scaling skips non-finite steps and unscales every group."""
 
+import pytest
 import torch
 
 from gdm.train.optim import Precision
@@ -47,6 +48,19 @@ def test_gradient_clipping_bounds_the_norm():
     p.backward(model(torch.randn(8, 4) * 100).square().mean())
     _, norm = p.step(opt, model.parameters(), 0.5)
     assert norm > 0.5  # the reported norm is the pre-clip norm
+    clipped = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(q.grad) for q in model.parameters()]))
+    assert float(clipped) == pytest.approx(0.5, rel=1e-5)
+
+
+def test_without_clipping_the_norm_is_reported_and_gradients_are_untouched():
+    model, opt = _two_group_model()
+    p = Precision("fp32", torch.device("cpu"))
+    p.backward(model(torch.randn(8, 4) * 100).square().mean())
+    grads = [q.grad.clone() for q in model.parameters()]
+    expected = sum(float(g.double().square().sum()) for g in grads) ** 0.5
+    _, norm = p.step(opt, model.parameters(), None)
+    assert norm == pytest.approx(expected, rel=1e-6)
+    assert all(torch.equal(q.grad, g) for q, g in zip(model.parameters(), grads))
 
 
 def test_fused_adamw_is_the_same_update_as_the_loop_within_fp32_rounding():
