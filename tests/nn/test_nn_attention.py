@@ -121,3 +121,14 @@ def test_split_layouts_hold_the_same_values(order):
     assert all(t.stride(-1) == 16 for t in views)
     for a, b in zip(views, split_qkv(qkv, 2, order, contiguous=True)):
         assert b.is_contiguous() and torch.equal(a, b)
+
+
+def test_fused_path_is_batch_invariant():
+    """Sample i's attention is the same whatever else is in the batch (per-sample seeding relies on
+    it): bit for bit, on the contiguous (fused-kernel) path."""
+    from gdm.nn.attention import CPU_CONTIGUOUS_MIN_LENGTH
+
+    qkv = torch.randn(5, 3 * 2 * 32, CPU_CONTIGUOUS_MIN_LENGTH, generator=torch.Generator().manual_seed(5))
+    full = qkv_attention(qkv, 2)
+    assert torch.equal(full, torch.cat([qkv_attention(qkv[i:i + 1], 2) for i in range(5)]))
+    assert torch.equal(full, torch.cat([qkv_attention(qkv[:2], 2), qkv_attention(qkv[2:], 2)]))
