@@ -66,7 +66,25 @@ def build(kind: str, kwargs: dict[str, Any]) -> torch.nn.Module:
     from gdm.nn import build_model
     from gdm.rng import GLOBAL_RNG
 
-    with GLOBAL_RNG:
+    with GLOBAL_RNG, torch.random.fork_rng(devices=[]):
+        return build_model(kind, kwargs)
+
+
+# Rebuilding a network on the meta device allocates nothing (ADM-512: 559M weights), but the first op there
+# whose meta kernel is a Python reference (an Embedding's normal_, the classifier's scaled randn) imports
+# torch._dynamo: ~2.5 s of every `gdm sample` process on 2 cores. Below this many weights a network is built on
+# the CPU instead (milliseconds), its initial draws taken under GLOBAL_RNG and the global generator restored.
+META_BUILD_MIN_WEIGHTS = 20_000_000
+
+
+def _empty_model(kind: str, kwargs: dict[str, Any], num_weights: int) -> torch.nn.Module:
+    """A network of `kind` whose every weight is about to be overwritten by a checkpoint's."""
+    from gdm.nn import build_model
+    from gdm.rng import GLOBAL_RNG
+
+    if num_weights >= META_BUILD_MIN_WEIGHTS:
+        return build_model(kind, kwargs, device="meta")
+    with GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         return build_model(kind, kwargs)
 
 
@@ -77,8 +95,6 @@ def load_model(path: str | Path, *, use_ema: bool = True, kind: str | None = Non
     Missing keys, a foreign file or weights that do not fit the recorded architecture raise
     `CheckpointError` naming the file and the keys.
     """
-    from gdm.nn import build_model
-
     ckpt = load_checkpoint(path)
     if ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a gdm checkpoint (format {ckpt.get('format')!r}, expected {FORMAT!r}; "
@@ -99,6 +115,7 @@ def load_model(path: str | Path, *, use_ema: bool = True, kind: str | None = Non
         if rate not in ckpt["ema"]:
             raise CheckpointError(f"{path}: EMA rate {rate!r} not in the checkpoint (has {sorted(ckpt['ema'])})")
         state = ckpt["ema"][rate]
-    model = build_model(ckpt["kind"], ckpt["model_kwargs"], device="meta")
+    model = _empty_model(ckpt["kind"], ckpt["model_kwargs"], sum(v.numel() for v in state.values()
+                                                                 if isinstance(v, torch.Tensor)))
     load_released_state_dict(model, state, path)  # strict; names missing / unexpected / mismatched keys
     return model.to(device).eval(), ckpt

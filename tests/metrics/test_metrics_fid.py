@@ -68,13 +68,13 @@ def test_rank_deficient_covariances_do_not_give_nan():
 
 def test_non_finite_result_retries_with_diagonal_offset(monkeypatch):
     calls = []
-    real = fid_mod._fid_torch_fidelity
+    real = fid_mod._fid_eigvals
 
     def flaky(mu1, s1, mu2, s2):
         calls.append(s1.copy())
         return float("nan") if len(calls) == 1 else real(mu1, s1, mu2, s2)
 
-    monkeypatch.setattr(fid_mod, "_fid_torch_fidelity", flaky)
+    monkeypatch.setattr(fid_mod, "_fid_eigvals", flaky)
     s = np.diag([1.0, 2.0])
     assert np.isfinite(frechet_distance([0, 0], s, [0, 0], s))
     assert len(calls) == 2
@@ -95,3 +95,15 @@ def test_bad_inputs_raise():
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
     with pytest.raises(GdmError, match="NaN"):
         frechet_distance(np.zeros(2), np.eye(2) * np.nan, np.zeros(2), np.eye(2))
+
+
+def test_equals_torch_fidelity_to_the_bit():
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
+    rng = np.random.default_rng(3)
+    for n, d in ((50, 8), (20, 32)):  # full rank, and rank-deficient (N < d: round-off negative eigenvalues)
+        mu1, s1 = feature_statistics(rng.standard_normal((n, d)))
+        mu2, s2 = feature_statistics(rng.standard_normal((n, d)) * 1.5 + 0.2)
+        ours = frechet_distance(mu1, s1, mu2, s2)
+        theirs = fid_statistics_to_metric({"mu": mu1, "sigma": s1}, {"mu": mu2, "sigma": s2}, False)[KEY_METRIC_FID]
+        assert ours == theirs

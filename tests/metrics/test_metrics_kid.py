@@ -3,6 +3,7 @@ import pytest
 
 from gdm.errors import GdmError
 from gdm.metrics import kid
+from gdm.metrics.kid import mmd2_unbiased, polynomial_kernel
 
 
 def _naive_mmd2(x, y):
@@ -51,3 +52,12 @@ def test_same_distribution_near_zero_shifted_positive():
 def test_subset_larger_than_set_raises():
     with pytest.raises(GdmError, match="subset_size"):
         kid(np.zeros((5, 2)), np.zeros((9, 2)), subset_size=6, generator=np.random.default_rng(0))
+
+
+def test_mmd2_equals_torch_fidelity_to_the_bit():
+    from torch_fidelity.metric_kid import mmd2
+
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((15, 6)), rng.standard_normal((15, 6)) + 0.5
+    k = polynomial_kernel
+    assert mmd2_unbiased(k(x, x), k(x, y), k(y, y)) == mmd2(k(x, x), k(x, y), k(y, y), mmd_est="unbiased")
