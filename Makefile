@@ -31,8 +31,11 @@ demo: $(STAMP)
 demo-upsampling: $(STAMP)
 	$(BIN)/python -m flows.pipeline --upsampling
 
+# Two pytest-xdist workers, a test module per worker at a time (module fixtures are built once): most of the
+# suite's time is subprocesses starting (gdm stages, dvc, prefect, torchrun), which one process leaves serial.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 lint: $(STAMP)
 	$(BIN)/ruff check gdm flows tests benchmarks

@@ -3,10 +3,11 @@ import tempfile
 
 import pytest
 
-# Prefect state and results of the test session live in a throw-away folder, not in the repo.
+# Prefect state and results of the test session live in a throw-away folder of this process (one per
+# pytest-xdist worker), never in the repo's or the user's Prefect home (`make` exports PREFECT_HOME).
 _PREFECT = tempfile.mkdtemp(prefix="gdm-prefect-")
-os.environ.setdefault("PREFECT_HOME", _PREFECT)
-os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", os.path.join(_PREFECT, "storage"))
+os.environ["PREFECT_HOME"] = _PREFECT
+os.environ["PREFECT_LOCAL_STORAGE_PATH"] = os.path.join(_PREFECT, "storage")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 

@@ -239,7 +239,7 @@ def journeys(project, s3_server) -> SimpleNamespace:
     _run(root, "git", "commit", "-q", "-m", "baseline results")
     ns = SimpleNamespace(root=root)
     ns.fid_before = json.loads((root / "runs/eval/cond-ddim-1.0.json").read_text())["fid"]
-    ns.exp = _run(root, "dvc", "exp", "run", "report", "-S", "sample.seed=1", timeout=300)
+    ns.exp = _run(root, "dvc", "exp", "run", "evaluate@cond-ddim-1.0", "-S", "sample.seed=1", timeout=300)
     ns.fid_exp = json.loads((root / "runs/eval/cond-ddim-1.0.json").read_text())["fid"]
     _run(root, "git", "checkout", "--", ".")
     _run(root, "dvc", "checkout")
