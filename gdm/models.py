@@ -66,7 +66,7 @@ def build(kind: str, kwargs: dict[str, Any]) -> torch.nn.Module:
     from gdm.nn import build_model
     from gdm.rng import GLOBAL_RNG
 
-    with GLOBAL_RNG, torch.random.fork_rng(devices=[]):
+    with GLOBAL_RNG:
         return build_model(kind, kwargs)
 
 
@@ -80,12 +80,12 @@ META_BUILD_MIN_WEIGHTS = 20_000_000
 def _empty_model(kind: str, kwargs: dict[str, Any], num_weights: int) -> torch.nn.Module:
     """A network of `kind` whose every weight is about to be overwritten by a checkpoint's."""
     from gdm.nn import build_model
-    from gdm.rng import GLOBAL_RNG
+    from gdm.rng import GLOBAL_RNG  # build() takes it too (re-entrant); held here across the restore
 
     if num_weights >= META_BUILD_MIN_WEIGHTS:
         return build_model(kind, kwargs, device="meta")
-    with GLOBAL_RNG, torch.random.fork_rng(devices=[]):
-        return build_model(kind, kwargs)
+    with GLOBAL_RNG, torch.random.fork_rng(devices=[]):  # restored under the lock: no other thread draws between
+        return build(kind, kwargs)
 
 
 def load_model(path: str | Path, *, use_ema: bool = True, kind: str | None = None,
