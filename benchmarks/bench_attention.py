@@ -14,11 +14,10 @@ gdm.nn.attention.CPU_CONTIGUOUS_MIN_LENGTH positions; this compares both layouts
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from bench_vs_reference import interleave
 
 from gdm.nn.attention import split_qkv
 
@@ -29,10 +28,8 @@ BACKENDS = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"
 
 
 def views_split(qkv: torch.Tensor, heads: int):
-    """The layout before: transposed views of a [N, H, 3ch, L] reshape (stride(-1) = L)."""
-    n, width, length = qkv.shape
-    q, k, v = qkv.reshape(n, heads, width // heads, length).split(width // (3 * heads), dim=2)
-    return q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2)
+    """The layout before: transposed views (stride(-1) = L), as the reference's reshape gives them."""
+    return split_qkv(qkv, heads, "legacy", contiguous=False)
 
 
 def attention(qkv: torch.Tensor, heads: int, split) -> torch.Tensor:
@@ -48,16 +45,6 @@ def contiguous_split(qkv: torch.Tensor, heads: int):
     return split_qkv(qkv, heads, "legacy", contiguous=True)
 
 
-def timed(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
-
-
 def bench_shape(n: int, c: int, length: int, heads: int, rounds: int, device: torch.device) -> str:
     g = torch.Generator().manual_seed(0)
     qkv = torch.randn(n, 3 * c, length, generator=g).to(device)
@@ -69,17 +56,11 @@ def bench_shape(n: int, c: int, length: int, heads: int, rounds: int, device: to
     backend = {k: BACKENDS.get(int(torch._fused_sdp_choice(*f(qkv, heads))), "?") for k, f in splits.items()}
     fns = {}
     for k, f in splits.items():
-        fns[(k, "no-grad")] = lambda f=f: torch.no_grad()(attention)(qkv, heads, f)
-        fns[(k, "fwd+bwd")] = lambda f=f: torch.autograd.grad(attention(qg, heads, f), qg, gy)
-    times = {key: [] for key in fns}
-    for r in range(rounds + 2):
-        for key, fn in fns.items():
-            dt = timed(fn, device)
-            if r >= 2:  # two warm-up rounds
-                times[key].append(dt)
-    med = {key: statistics.median(v) * 1000 for key, v in times.items()}
-    parts = [f"{mode} {med[('views', mode)]:.2f} -> {med[('contiguous', mode)]:.2f} ms "
-             f"({med[('views', mode)] / med[('contiguous', mode)]:.2f}x)" for mode in ("no-grad", "fwd+bwd")]
+        fns[f"{k} no-grad"] = lambda f=f: torch.no_grad()(attention)(qkv, heads, f)
+        fns[f"{k} fwd+bwd"] = lambda f=f: torch.autograd.grad(attention(qg, heads, f), qg, gy)
+    med = {key: t * 1000 for key, t in interleave(fns, rounds, 2, device).items()}  # two warm-up rounds
+    parts = [f"{mode} {med[f'views {mode}']:.2f} -> {med[f'contiguous {mode}']:.2f} ms "
+             f"({med[f'views {mode}'] / med[f'contiguous {mode}']:.2f}x)" for mode in ("no-grad", "fwd+bwd")]
     return (f"attention[N{n} C{c} L{length} H{heads}] {' | '.join(parts)} | "
             f"SDPA backend {backend['views']} -> {backend['contiguous']} | max diff {float(diff):.1e}")
 

@@ -66,13 +66,7 @@ def main() -> None:
           f"fp32 matmul {B.machine_speed(device):.0f} GFLOP/s", flush=True)
     for name in args.configs.split(","):
         kw, bs = B.TRAIN_CONFIGS[name]
-        torch.manual_seed(0)
-        base = B.randomize(B.UNet(**kw), 0)
-        g = torch.Generator().manual_seed(1)
-        shape = (bs, kw["in_channels"], kw["image_size"], kw["image_size"])
-        batch = (torch.rand(shape, generator=g).mul(2).sub(1),
-                 B.create_timestep_sampler("uniform", 1000).sample(bs, "cpu", generator=g)[0],
-                 torch.randn(shape, generator=g), torch.randint(0, 10, (bs,), generator=g))
+        base, batch = B.train_inputs(kw, bs, device)
         rm = B.ref_unet(ref, kw)
         rm.load_state_dict(base.state_dict())
         variants = {"ref-fp32": B.ref_train_step(ref, rm, batch),

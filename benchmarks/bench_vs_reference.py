@@ -216,17 +216,23 @@ def ref_train_step(ref, model, batch, use_fp16: bool = False) -> Callable[[], No
     return step
 
 
+def train_inputs(kw: dict, batch_size: int, device) -> tuple[torch.nn.Module, tuple]:
+    """A config's seeded UNet and one seeded training batch (x_0, t, noise, y), the same for every variant."""
+    torch.manual_seed(0)
+    base = randomize(UNet(**kw), 0).to(device)
+    g = torch.Generator().manual_seed(1)
+    shape = (batch_size, kw["in_channels"], kw["image_size"], kw["image_size"])
+    batch = (torch.rand(shape, generator=g).mul(2).sub(1).to(device),
+             create_timestep_sampler("uniform", 1000).sample(batch_size, "cpu", generator=g)[0].to(device),
+             torch.randn(shape, generator=g).to(device), torch.randint(0, 10, (batch_size,), generator=g).to(device))
+    return base, batch
+
+
 def bench_train(args, ref, device, out) -> None:
     for name in args.train_configs.split(","):
         kw, batch_size = TRAIN_CONFIGS[name]
         batch_size = args.train_batch or batch_size
-        torch.manual_seed(0)
-        base = randomize(UNet(**kw), 0).to(device)
-        g = torch.Generator().manual_seed(1)
-        shape = (batch_size, kw["in_channels"], kw["image_size"], kw["image_size"])
-        batch = (torch.rand(shape, generator=g).mul(2).sub(1).to(device),
-                 create_timestep_sampler("uniform", 1000).sample(batch_size, "cpu", generator=g)[0].to(device),
-                 torch.randn(shape, generator=g).to(device), torch.randint(0, 10, (batch_size,), generator=g).to(device))
+        base, batch = train_inputs(kw, batch_size, device)
         variants: dict[str, Callable[[], None]] = {}
         if ref is not None:
             rm = ref_unet(ref, kw).to(device)
